@@ -1,0 +1,44 @@
+"""Packaging for ganseg. ``pip install -e .[dev]`` installs everything the tests use."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+about: dict = {}
+exec((Path(__file__).parent / "toolkit" / "__init__.py").read_text(), about)  # only __version__
+
+EXTRAS = {
+    # MetaImage / NRRD volumes (PROMISE12, the older course layout).
+    "mhd": ["SimpleITK>=2.2"],
+    # The standard FID Inception network (weights are a local file, never downloaded).
+    "fid": ["pytorch-fid>=0.3"],
+}
+EXTRAS["dev"] = sorted({"pytest>=7", "ruff>=0.4", *EXTRAS["mhd"], *EXTRAS["fid"]})
+
+setup(
+    name="ganseg",
+    version=about["__version__"],
+    description="Train generators of synthetic prostate MR (image, mask) pairs and rank them by segmentation gain",
+    long_description=(Path(__file__).parent / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]),
+    py_modules=["cli"],
+    include_package_data=True,
+    package_data={"": ["*.yaml"]},
+    data_files=[("configs", ["configs/default.yaml"])],
+    install_requires=[
+        # The pair that installs on the project's CPU machines without a multi-GB download.
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "numpy",
+        "scipy",
+        "nibabel",
+        "click>=8",
+        "tensorboard",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["ganseg=cli:main"]},
+)

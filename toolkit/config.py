@@ -1,0 +1,341 @@
+"""Layered YAML configuration with validation before any work starts.
+
+Layers merge in order: ``configs/default.yaml`` < ``configs/profiles/<p>.yaml``
+< ``configs/generators/<name>.yaml`` < user ``--config`` files < ``--set``
+overrides. ``default.yaml`` is the schema of the core sections: a key it does
+not have is an error, and a value must have its default's type (any value
+where the default is null). The ``generator`` and ``evaluators.<name>``
+sections are checked against the plugin constructor's signature. Every error
+names the key, the layer it came from and what would be valid. No value is
+evaluated as code.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolkit.plugin import CORE_ARGS
+from toolkit.registry import EVALUATORS, GENERATORS, RegistryError, closest
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PLUGIN_SECTIONS = ("generator", "evaluators")
+PROFILES = ("smoke", "quick", "full")
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message says what would be right."""
+
+
+@dataclass
+class Config:
+    """A resolved config: nested plain data plus where each leaf came from."""
+
+    data: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+
+    def source_of(self, dotted: str) -> str:
+        """The layer that set ``dotted`` (or the nearest parent that did)."""
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            key = ".".join(parts[:i])
+            if key in self.sources:
+                return self.sources[key]
+        return "configs/default.yaml"
+
+
+# Loading and merging -----------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one YAML layer; it must be a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, found {type(data).__name__}")
+    return data
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any], sources: dict[str, str], origin: str,
+           prefix: str = "") -> None:
+    for key, value in layer.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{origin}: key {key!r} under '{prefix.rstrip('.') or 'top level'}' must be a string")
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            sources.setdefault(dotted, origin)
+            _merge(base[key], value, sources, origin, dotted + ".")
+        else:
+            base[key] = copy.deepcopy(value)
+            sources[dotted] = origin
+            for sub in _flatten(value, dotted + ".") if isinstance(value, dict) else {}:
+                sources[sub] = origin
+
+
+def parse_override(expr: str) -> dict[str, Any]:
+    """``a.b=c`` -> ``{"a": {"b": c}}``; the value is read as a YAML scalar or list."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected KEY=VALUE, for example --set train.steps=100")
+    key, raw = expr.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {expr!r}: the key must be dotted names such as train.steps")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    root = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return root
+
+
+def resolve(
+    generator: str | None = None,
+    profile: str | None = "quick",
+    config_files: tuple[str | Path, ...] | list[str | Path] = (),
+    overrides: tuple[str, ...] | list[str] = (),
+    config_dir: Path = CONFIG_DIR,
+) -> Config:
+    """Merge the layers and validate the result.
+
+    Args:
+        generator: generator name; selects ``configs/generators/<name>.yaml``
+            and sets ``run.generator``. None keeps the configured one.
+        profile: ``smoke``, ``quick`` or ``full`` (or None for the defaults alone).
+        config_files: user YAML files, applied in order.
+        overrides: ``a.b=c`` strings, applied last.
+    """
+    sources: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    default_path = config_dir / "default.yaml"
+    _merge(data, load_yaml(default_path), sources, "configs/default.yaml")
+    schema = copy.deepcopy(data)
+
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if profile is not None:
+        path = config_dir / "profiles" / f"{profile}.yaml"
+        if not path.is_file():
+            valid = sorted(p.stem for p in (config_dir / "profiles").glob("*.yaml"))
+            raise ConfigError(f"unknown profile '{profile}'.{closest(profile, valid)} Valid: {', '.join(valid)}")
+        layers.append((f"configs/profiles/{profile}.yaml", load_yaml(path)))
+    set_layers = [("--set " + o, parse_override(o)) for o in overrides]
+    # The generator name may come from any layer, so find it before adding its own layer.
+    name = generator
+    if name is None:
+        probe: dict[str, Any] = copy.deepcopy(data)
+        for origin, layer in layers + [(str(f), load_yaml(f)) for f in config_files] + set_layers:
+            _merge(probe, layer, {}, origin)
+        name = probe.get("run", {}).get("generator")
+    if name is not None:
+        path = config_dir / "generators" / f"{name}.yaml"
+        if path.is_file():
+            layers.append((f"configs/generators/{name}.yaml", load_yaml(path)))
+    layers += [(str(f), load_yaml(f)) for f in config_files]
+    layers += set_layers
+    if generator is not None:
+        layers.append(("--generator", {"run": {"generator": generator}}))
+
+    for origin, layer in layers:
+        _check_against_schema(layer, schema, origin)
+        _merge(data, layer, sources, origin)
+    config = Config(data, sources)
+    validate_plugins(config)
+    return config
+
+
+# Validation ---------------------------------------------------------------------------
+
+
+def _check_against_schema(layer: dict[str, Any], schema: dict[str, Any], origin: str, prefix: str = "") -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            valid = sorted(schema)
+            raise ConfigError(
+                f"unknown config key '{dotted}' (from {origin}).{closest(str(key), valid)} "
+                f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+            )
+        if not prefix and key in PLUGIN_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' (from {origin}) must be a mapping of keyword arguments")
+            continue  # checked against the plugin signature once the plugin is known
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' (from {origin}) must be a mapping, got {value!r}")
+            _check_against_schema(value, default, origin, dotted + ".")
+        elif default is not None and not _same_kind(value, default):
+            raise ConfigError(
+                f"config key '{dotted}' (from {origin}) must be {_kind_name(default)} "
+                f"like the default {default!r}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, list)
+    return True
+
+
+def _kind_name(default: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}.get(type(default), type(default).__name__)
+
+
+def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Config keys of a plugin: name -> (type hint, default) from its constructor."""
+    init = cls.__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable annotations: fall back to no type checks
+        hints = {}
+    params = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name in CORE_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        params[name] = (hints.get(name, Any), param.default)
+    return params
+
+
+def check_type(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a type hint (int fits float; None fits Optional)."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(check_type(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(check_type(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        return all(check_type(v, inner) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _hint_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def validate_section(cls: type, section: dict[str, Any], where: str, config: Config | None = None) -> None:
+    """Check a plugin's config section against its constructor signature."""
+    params = plugin_params(cls)
+    for key, value in section.items():
+        dotted = f"{where}.{key}"
+        origin = config.source_of(dotted) if config else "config"
+        if key not in params:
+            valid = sorted(params)
+            raise ConfigError(
+                f"unknown config key '{dotted}' (from {origin}): {cls.__name__} takes no '{key}'."
+                f"{closest(str(key), valid)} Valid keys: {', '.join(valid) or 'none'}"
+            )
+        hint, default = params[key]
+        if not check_type(value, hint):
+            raise ConfigError(
+                f"config key '{dotted}' (from {origin}) must be {_hint_name(hint)} "
+                f"(default {default!r}), got {value!r} ({type(value).__name__})"
+            )
+
+
+def validate_plugins(config: Config) -> None:
+    """Check the generator and evaluator sections against the plugins they configure."""
+    run = config["run"]
+    try:
+        generator_cls = GENERATORS.get(run["generator"])
+    except RegistryError as exc:
+        raise ConfigError(f"run.generator (from {config.source_of('run.generator')}): {exc}") from None
+    validate_section(generator_cls, config["generator"], "generator", config)
+
+    evaluators = run["evaluators"]
+    for name in evaluators:
+        if not isinstance(name, str):
+            raise ConfigError(f"run.evaluators must list evaluator names, got {name!r}")
+        try:
+            EVALUATORS.get(name)
+        except RegistryError as exc:
+            raise ConfigError(f"run.evaluators (from {config.source_of('run.evaluators')}): {exc}") from None
+    for name, section in config["evaluators"].items():
+        try:
+            cls = EVALUATORS.get(name)
+        except RegistryError as exc:
+            raise ConfigError(f"evaluators.{name} (from {config.source_of('evaluators.' + name)}): {exc}") from None
+        if not isinstance(section, dict):
+            raise ConfigError(f"evaluators.{name} must be a mapping of keyword arguments, got {section!r}")
+        validate_section(cls, section, f"evaluators.{name}", config)
+
+
+def plugin_kwargs(config: Config, cls: type, section: dict[str, Any], tiny: bool = False) -> dict[str, Any]:
+    """Constructor kwargs: the plugin's ``tiny`` settings (if asked) under the config section."""
+    kwargs = dict(getattr(cls, "tiny", {})) if tiny else {}
+    kwargs.update(section)
+    return kwargs

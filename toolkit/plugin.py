@@ -1,0 +1,176 @@
+"""Base classes of the two plugin kinds: generators and evaluators.
+
+A plugin is one class in one file, registered by name with
+``toolkit.registry.GENERATORS.register`` or ``EVALUATORS.register``. Its
+constructor's keyword arguments are its config schema: the YAML section of the
+same name is validated against that signature before any work starts.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from toolkit.types import Batch, DataSpec
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from toolkit.data.slices import SliceSet
+
+#: Arguments the core passes to every plugin constructor; they are not config keys.
+CORE_ARGS = ("self", "spec", "device")
+
+
+class Generator(abc.ABC):
+    """A generative model of (image, mask) pairs.
+
+    The generator owns its networks, optimizers, losses and EMA; the core owns
+    the loop (data, device, logging, checkpoints). Subclasses take ``spec`` and
+    ``device`` first, then keyword-only config arguments with defaults.
+
+    Class attributes:
+        needs_masks: True for mask-to-image models; the core then passes
+            ``masks`` to :meth:`sample`.
+        conditional: True when the model uses ``Batch.cond``.
+        tiny: config overrides that make the model small and fast, for tests
+            and the smoke profile.
+    """
+
+    needs_masks: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+    tiny: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, spec: DataSpec, device: torch.device | str = "cpu") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        # Set by the training loop; generators wrap their forward passes in self.autocast().
+        self.amp_dtype: torch.dtype | None = None
+
+    @abc.abstractmethod
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """Run one optimisation step (a GAN does its D and G updates here).
+
+        Returns:
+            The losses to log, as plain floats.
+        """
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        n: int,
+        cond: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
+        """Draw ``n`` synthetic pairs on the CPU.
+
+        Images are float in [-1, 1], masks in {0, 1}; deterministic given
+        ``generator``. Called under ``torch.no_grad``.
+        """
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes, as the loop configured it."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _stateful(self) -> dict[str, Any]:
+        """Attributes that carry state: modules, optimizers, schedulers, EMAs."""
+        return {
+            name: value
+            for name, value in vars(self).items()
+            if hasattr(value, "state_dict") and hasattr(value, "load_state_dict")
+        }
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The generator's networks, by attribute name."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The generator's optimizers, by attribute name."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit.
+
+        The default collects every attribute that has ``state_dict`` (networks,
+        optimizers, schedulers, EMA). Override to add plain values.
+        """
+        return {name: obj.state_dict() for name, obj in self._stateful().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        stateful = self._stateful()
+        missing = sorted(set(stateful) - set(state))
+        unexpected = sorted(set(state) - set(stateful))
+        if missing or unexpected:
+            raise KeyError(
+                f"{type(self).__name__} checkpoint does not match the model: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules().values():
+            module.train(mode)
+
+    def eval(self) -> None:
+        self.train(False)
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator gets to look at.
+
+    Attributes:
+        train / val / test: real slices of each split (test holds every slice of
+            each test patient, in order, so volumes can be stacked back).
+        synthetic: the synthetic set being judged (patient ids are "synthetic").
+        device: where to compute.
+        run_dir: the run directory; evaluators write tables and figures here.
+        cache_dir: a folder for results worth keeping across runs (baselines,
+            real-set feature statistics), keyed by the evaluator.
+        data_fingerprint: a hash of the real data and its preprocessing.
+        seed: the experiment seed.
+        writer: TensorBoard writer, or None.
+        shared: a scratch dict shared by the evaluators of one evaluation, so a
+            model one evaluator trained can serve another.
+    """
+
+    train: SliceSet
+    val: SliceSet
+    test: SliceSet
+    synthetic: SliceSet
+    device: torch.device
+    run_dir: Path
+    cache_dir: Path
+    data_fingerprint: str
+    seed: int = 0
+    writer: SummaryWriter | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(abc.ABC):
+    """Scores a synthetic set against the real splits.
+
+    Class attributes:
+        metrics: the metric names :meth:`evaluate` returns (it may add more).
+        primary: the metric that ranks generators.
+        higher_is_better: direction of ``primary``.
+        tiny: config overrides for tests and the smoke profile.
+    """
+
+    metrics: ClassVar[tuple[str, ...]] = ()
+    primary: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    tiny: ClassVar[dict[str, Any]] = {}
+
+    @abc.abstractmethod
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        """Compute the metrics; write any tables or figures under ``ctx.run_dir``."""

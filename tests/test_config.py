@@ -106,7 +106,8 @@ def test_check_type():
     from typing import Literal, Optional
 
     assert check_type(1, float) and not check_type(True, int) and not check_type("x", float)
-    assert check_type(None, Optional[int]) and check_type(3, Optional[int])
+    assert check_type(None, Optional[int]) and check_type(3, Optional[int])  # noqa: UP045
+    assert check_type(None, int | None) and not check_type("x", int | None)
     assert check_type("a", Literal["a", "b"]) and not check_type("c", Literal["a", "b"])
     assert check_type([1, 2], list[int]) and not check_type([1, "x"], list[int])
     assert check_type([1, 2], tuple[int, int]) and not check_type([1], tuple[int, int])

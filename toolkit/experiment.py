@@ -30,6 +30,7 @@ from toolkit.train.distributed import DistInfo, init_from_env
 from toolkit.train.loop import checkpoint_path, train_generator
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler, sample_set
+from toolkit.train.seeding import seed_everything
 from toolkit.train.visuals import pair_grid
 from toolkit.types import DataSpec
 
@@ -173,7 +174,8 @@ def run_experiment(
                     f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients "
                     f"(fingerprint {prepared.fingerprint[:12]})")
 
-        # Train: the generator, resumed from its last checkpoint when asked.
+        # Train: seed, build, then resume from the last checkpoint when asked.
+        seed_everything(config["seed"])
         gen = build_generator(config, device)
         gen.amp_dtype = resolve_amp(config["train"]["amp"], device)
         channels_last = resolve_channels_last(config["train"]["channels_last"], device)

@@ -40,7 +40,7 @@ class ToyGenerator(Generator):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
     def sample(self, n, cond=None, masks=None, generator=None) -> Batch:
         z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
@@ -65,7 +65,7 @@ class ToyMaskToImage(Generator):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
     def sample(self, n, cond=None, masks=None, generator=None) -> Batch:
         if masks is None:

@@ -117,7 +117,7 @@ def _deform(p, rng, amp_mm: float, wavelength_mm: float, n: int = 4):
 def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """One patient's (image [X, Y, Z] float, mask [X, Y, Z] uint8, in-plane spacing mm) in RAS+ order."""
     nx, ny, nz = SHAPE
-    fov = rng.uniform(150, 190)
+    fov = rng.uniform(130, 170)
     s = fov / nx
     xs = (np.arange(nx) - (nx - 1) / 2) * s
     ys = (np.arange(ny) - (ny - 1) / 2) * s
@@ -129,7 +129,7 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
 
     # Prostate geometry first: everything else is placed around it.
     pc = np.array([rng.normal(0, 3), u(-8, 6), u(-16, -2)])
-    pr = np.array([u(17, 27), u(12, 18), u(13, 21)])  # semi-axes LR, AP, SI (mm)
+    pr = np.array([u(20, 30), u(14, 20), u(15, 23)])  # semi-axes LR, AP, SI (mm)
     gland_top = pc[2] + pr[2]
 
     # Body outline: fat, then a subcutaneous ring (bright) around deeper fat.
@@ -138,7 +138,7 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     body_sd = _ellipsoid_sd(p, body_c, body_r)
     cv.paint(cv.occ(body_sd), u(0.78, 0.9), fine=0.05, coarse=0.05)
     sub_fat = u(8, 28)
-    cv.paint(cv.occ(body_sd + sub_fat), u(0.62, 0.75), fine=0.08, coarse=0.1)  # deeper fat, more texture
+    cv.paint(cv.occ(body_sd + sub_fat), u(0.5, 0.68), fine=0.08, coarse=0.1)  # deeper fat, more texture
 
     def blob(grid, centre, radii, angle, value, fine, coarse, wall=None, inner=None):
         """Paint an ellipsoid; with ``wall`` (mm) paint ``inner`` inside a wall of ``value``."""
@@ -245,9 +245,9 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     X, Y, Z = (g[:, :, ::SUPERSAMPLE_Z] / 100.0 for g in p)
     log_bias = (rng.normal(0, 0.15) * X + rng.normal(0, 0.2) * Y + rng.normal(0, 0.1) * Z
                 + rng.normal(0, 0.15) * X * X + rng.normal(0, 0.15) * Y * Y)
-    if rng.random() < 0.3:
+    if rng.random() < 0.5:
         d2 = (X - pc[0] / 100) ** 2 + (Y - ry_c / 100) ** 2
-        log_bias = log_bias + u(0.3, 0.8) * np.exp(-d2 / (2 * u(0.3, 0.5) ** 2))
+        log_bias = log_bias + u(0.4, 1.2) * np.exp(-d2 / (2 * u(0.3, 0.5) ** 2))
     img = img * np.exp(log_bias).astype(np.float32)
 
     # Rician noise at a random SNR (relative to the mean tissue signal), then a scanner scale.

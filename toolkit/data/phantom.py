@@ -114,8 +114,9 @@ def _deform(p, rng, amp_mm: float, wavelength_mm: float, n: int = 4):
     return out
 
 
-def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """One patient's (image [X, Y, Z] float, mask [X, Y, Z] uint8, in-plane spacing mm) in RAS+ order."""
+def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """One patient: image [X, Y, Z] float, mask [X, Y, Z] uint8 (both RAS+ order), in-plane spacing (mm)
+    and landmark centres in RAS+ world mm (prostate, bladder, rectum)."""
     nx, ny, nz = SHAPE
     fov = rng.uniform(130, 170)
     s = fov / nx
@@ -254,7 +255,9 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     sigma = float(img[img > 0.1].mean()) / u(10, 35)
     img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
     img = img * np.exp(rng.uniform(np.log(300), np.log(8000)))
-    return img.astype(np.float32), mask, s
+    landmarks = {"prostate": [float(v) for v in pc], "bladder": [float(v) for v in bl_c],
+                 "rectum": [float(pc[0]), float(ry_c), float(pc[2])]}
+    return img.astype(np.float32), mask, s, landmarks
 
 
 def write_phantom(out: Path, n_patients: int = 32, seed: int = 0) -> Path:
@@ -277,7 +280,7 @@ def write_phantom(out: Path, n_patients: int = 32, seed: int = 0) -> Path:
     training = []
     for i in range(n_patients):
         rng = np.random.default_rng([seed, i])
-        img, mask, s = make_patient(rng)
+        img, mask, s, landmarks = make_patient(rng)
         # Store in LPS voxel order (flip x and y) with the matching affine, like DICOM-derived files.
         affine = np.diag([-s, -s, SLICE_MM, 1.0])
         affine[:3, 3] = [(SHAPE[0] - 1) / 2 * s, (SHAPE[1] - 1) / 2 * s, -(SHAPE[2] - 1) / 2 * SLICE_MM]
@@ -285,7 +288,8 @@ def write_phantom(out: Path, n_patients: int = 32, seed: int = 0) -> Path:
         img_lps = np.ascontiguousarray(np.clip(np.round(img[::-1, ::-1]), 0, 32767).astype(np.int16))
         nib.save(nib.Nifti1Image(img_lps, affine), str(out / "imagesTr" / name))
         nib.save(nib.Nifti1Image(np.ascontiguousarray(mask[::-1, ::-1]), affine), str(out / "labelsTr" / name))
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}",
+                         "landmarks_ras_mm": {k: [round(v, 2) for v in c] for k, c in landmarks.items()}})
     meta = {
         "name": "ganseg-phantom",
         "description": "Procedural pelvic T2-weighted MR phantom (ganseg), whole-gland labels",

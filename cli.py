@@ -162,6 +162,27 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
     click.echo(summary_table(results))
 
 
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",
+              help="Which kind of plugin to write.")
+@click.option("--out", type=click.Path(file_okay=False), default="my_plugins", help="Folder to write NAME.py into.")
+def new_plugin_cmd(name, kind, out):
+    """Write a small working generator or evaluator file to start your own from."""
+    from toolkit.scaffold import new_plugin
+
+    try:
+        path = new_plugin(name, kind, out)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if kind == "generator":
+        use = f"python cli.py run --generator {name} --plugins {out}"
+    else:
+        use = f"python cli.py evaluate --run runs/NAME --evaluators {name} --plugins {out}"
+    click.echo(f"wrote {path}\nlist it: python cli.py list --plugins {out}\nuse it:  {use}\n"
+               f"test it: GANSEG_PLUGINS={out} python -m pytest tests/test_contract.py")
+
+
 @main.group()
 def data() -> None:
     """Make the embedded phantom data set, or inspect a data folder."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from toolkit.registry import load_plugin_dir
 
 TOY_PLUGINS = Path(__file__).parent / "toy_plugins"
 load_plugin_dir(TOY_PLUGINS)
+# Your own plugin folders join the contract test: GANSEG_PLUGINS=my_plugins python -m pytest tests/test_contract.py
+for _folder in filter(None, os.environ.get("GANSEG_PLUGINS", "").split(os.pathsep)):
+    load_plugin_dir(_folder)
 torch.set_num_threads(1)
 
 

@@ -26,7 +26,7 @@ from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext, Evaluator, Generator
 from toolkit.registry import EVALUATORS, GENERATORS
 from toolkit.train.device import resolve_amp, resolve_channels_last, resolve_device, set_threads
-from toolkit.train.distributed import DistInfo, init_from_env
+from toolkit.train.distributed import init_from_env
 from toolkit.train.loop import checkpoint_path, train_generator
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler, sample_set
@@ -139,16 +139,22 @@ def run_experiment(
     ``resume`` continues a run from its last checkpoint and skips the stages
     it already finished.
     """
-    dist_info = DistInfo()
     device = resolve_device(config["train"]["device"])
-    if device.type == "cuda":
-        dist_info = init_from_env(device.type)
-        if dist_info.enabled:
-            device = torch.device("cuda", dist_info.local_rank)
-            torch.cuda.set_device(device)
-    else:
-        dist_info = init_from_env(device.type)
+    dist_info = init_from_env(device.type)  # a single process unless started by torchrun
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
     threads = set_threads(config["train"]["threads"])
+    # Build: evaluators and the seeded generator first, so a bad setting fails before
+    # a run directory exists or any data is loaded.
+    evaluators = {n: build_evaluator(config, n) for n in config["run"]["evaluators"]}
+    seed_everything(config["seed"])
+    gen = build_generator(config, device)
+    gen.amp_dtype = resolve_amp(config["train"]["amp"], device)
+    channels_last = resolve_channels_last(config["train"]["channels_last"], device)
+    if channels_last:
+        for module in gen.modules().values():
+            module.to(memory_format=torch.channels_last)
     name = name or default_run_name(config["run"]["generator"])
     run_dir = Path(out) / name
     if dist_info.is_main:
@@ -174,14 +180,7 @@ def run_experiment(
                     f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients "
                     f"(fingerprint {prepared.fingerprint[:12]})")
 
-        # Train: seed, build, then resume from the last checkpoint when asked.
-        seed_everything(config["seed"])
-        gen = build_generator(config, device)
-        gen.amp_dtype = resolve_amp(config["train"]["amp"], device)
-        channels_last = resolve_channels_last(config["train"]["channels_last"], device)
-        if channels_last:
-            for module in gen.modules().values():
-                module.to(memory_format=torch.channels_last)
+        # Train: resume from the last checkpoint when asked.
         sampler = make_sampler(gen, prepared.train)
         summary = train_generator(
             gen, prepared.train, config["train"], run_dir, runlog, sampler, seed=config["seed"],
@@ -202,7 +201,7 @@ def run_experiment(
                                           **{f"{k}_patients": len(v) for k, v in prepared.split.items()}}})
 
         # Evaluate: every configured evaluator, results merged into results.json.
-        evaluate_prepared(config, run_dir, prepared, synthetic, device, runlog, writer)
+        evaluate_prepared(config, run_dir, prepared, synthetic, device, runlog, writer, evaluators)
     finally:
         runlog.close()
         if writer is not None:
@@ -235,10 +234,11 @@ def evaluate_prepared(
     device: torch.device,
     runlog: RunLog,
     writer=None,
-    evaluators: list[str] | None = None,
+    evaluators: dict[str, Evaluator] | None = None,
 ) -> dict[str, Any]:
-    """Run evaluators, write ``results.json`` and the HParams entry; returns the new results."""
-    names = list(config["run"]["evaluators"] if evaluators is None else evaluators)
+    """Run evaluators (default: ``run.evaluators``), write ``results.json`` and the HParams entry."""
+    if evaluators is None:
+        evaluators = {n: build_evaluator(config, n) for n in config["run"]["evaluators"]}
     ctx = EvalContext(
         train=prepared.train, val=prepared.val, test=prepared.test, synthetic=synthetic, device=device,
         run_dir=run_dir, cache_dir=datalib.cache_dir() / "eval", data_fingerprint=prepared.fingerprint,
@@ -246,8 +246,7 @@ def evaluate_prepared(
     )
     metrics: dict[str, dict[str, Any]] = {}
     failures = []
-    for name in names:
-        evaluator = build_evaluator(config, name)
+    for name, evaluator in evaluators.items():
         runlog.info(f"evaluating: {name}")
         t0 = time.perf_counter()
         try:
@@ -327,9 +326,8 @@ def evaluate_run(run_dir: str | Path, evaluators: list[str] | None = None, overr
     if not synthetic_path.is_file():
         raise RunError(f"{run_dir} has no synthetic set ({synthetic_path}); finish the run first "
                        f"(python cli.py run --resume --name {run_dir.name})")
-    if evaluators is not None:
-        for name in evaluators:
-            EVALUATORS.get(name)
+    names = config["run"]["evaluators"] if evaluators is None else evaluators
+    built = {n: build_evaluator(config, n) for n in names}
     device = resolve_device(config["train"]["device"])
     set_threads(config["train"]["threads"])
     prepared = prepare_data(config, run_dir)
@@ -337,7 +335,7 @@ def evaluate_run(run_dir: str | Path, evaluators: list[str] | None = None, overr
     writer = _writer(run_dir)
     runlog = RunLog(run_dir, writer, quiet=quiet)
     try:
-        return evaluate_prepared(config, run_dir, prepared, synthetic, device, runlog, writer, evaluators)
+        return evaluate_prepared(config, run_dir, prepared, synthetic, device, runlog, writer, built)
     finally:
         runlog.close()
         writer.close()

@@ -162,6 +162,21 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
     click.echo(summary_table(results))
 
 
+@main.command()
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, exists=True), default="runs",
+              help="Folder holding run directories.")
+@click.option("--evaluator", default="dice_gain", help="Evaluator whose results rank the runs.")
+@click.option("--metric", default=None, help="Metric to rank by; default: the evaluator's primary metric.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def leaderboard(runs_dir, evaluator, metric, as_json):
+    """Rank finished runs by one evaluator's metric, in groups of comparable runs (same data, test patients
+    and evaluator settings); gains whose 95% CI includes 0 are marked."""
+    from toolkit.leaderboard import collect, format_leaderboard, rank
+
+    groups = rank(collect(runs_dir, evaluator), metric)
+    click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",

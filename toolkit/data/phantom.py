@@ -32,7 +32,7 @@ from scipy import ndimage
 from scipy.special import expit
 
 #: Bump when the anatomy or imaging model changes (the cached phantom is keyed on it).
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 SHAPE = (128, 128, 24)
 SLICE_MM = 3.6
 SUPERSAMPLE_Z = 3
@@ -222,11 +222,11 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     gland = np.zeros(p[0].shape, np.float32)
     gland[box] = cv.occ(p_sd, 0.05)  # crisp truth on the supersampled grid
     cv.paint(cv.occ(p_sd), u(0.25, 0.38), 0.05, 0.0, box)  # capsule
-    cv.paint(cv.occ(p_sd + u(1.0, 1.8)), u(0.62, 0.85), 0.14, 0.12, box)  # peripheral zone
-    tz_f = u(0.45, 0.8)  # transition zone size (BPH makes it large)
+    cv.paint(cv.occ(p_sd + u(1.0, 1.8)), u(0.55, 0.78), 0.14, 0.12, box)  # peripheral zone
+    tz_f = u(0.55, 0.85)  # transition zone size (BPH makes it large)
     tz_c = (pc[0] + rng.normal(0, 1.5), pc[1] + pr[1] * u(0.1, 0.35), pc[2] + pr[2] * u(0.0, 0.3))
-    tz_sd = np.maximum(_ellipsoid_sd(shape_q, tz_c, pr * np.array([tz_f, tz_f * 0.9, tz_f])), -(p_sd + 2.5))
-    cv.paint(cv.occ(tz_sd), u(0.26, 0.42), 0.3, 0.2, box)  # nodular, heterogeneous
+    tz_sd = np.maximum(_ellipsoid_sd(shape_q, tz_c, pr * np.array([tz_f, tz_f * 0.9, tz_f])), p_sd + 2.5)
+    cv.paint(cv.occ(tz_sd), u(0.26, 0.42), 0.2, 0.15, box)  # nodular, heterogeneous
     # Anterior fibromuscular stroma: a dark cap on the gland's anterior side.
     afs = _ellipsoid_sd(shape_q, (pc[0], pc[1] + pr[1] * 0.95, pc[2]), (pr[0] * 0.6, pr[1] * 0.25, pr[2]))
     cv.paint(cv.occ(np.maximum(afs, p_sd + 0.5)), u(0.2, 0.3), 0.05, 0.0, box)

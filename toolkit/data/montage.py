@@ -41,3 +41,29 @@ def save_montage(ss: SliceSet, path: str | Path, per_patient: int = 3, patients:
     grid = montage(ss, np.asarray(rows), columns=per_patient, scale=scale)
     Image.fromarray(grid).save(path)
     return Path(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m toolkit.data.montage --out docs/phantom_montage.png``: the phantom montage in the docs."""
+    import argparse
+    import tempfile
+
+    from toolkit.data.loading import load_dataset
+    from toolkit.data.phantom import write_phantom
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--out", default="docs/phantom_montage.png")
+    ap.add_argument("--data", default=None, help="a data folder instead of a fresh phantom (keep real-data images local)")
+    ap.add_argument("--patients", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=128)
+    args = ap.parse_args(argv)
+    cfg = {"image_size": args.size, "crop_fraction": 1.0, "percentiles": [0.5, 99.5], "cache": False}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.data or write_phantom(Path(tmp) / "phantom", n_patients=args.patients, seed=args.seed)
+        ss, _ = load_dataset(dict(cfg, path=str(path)))
+        print(save_montage(ss, args.out, per_patient=4, patients=args.patients, scale=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ from scipy import ndimage
 from scipy.special import expit
 
 #: Bump when the anatomy or imaging model changes (the cached phantom is keyed on it).
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 SHAPE = (128, 128, 24)
 SLICE_MM = 3.6
 SUPERSAMPLE_Z = 3
@@ -40,6 +40,8 @@ SUPERSAMPLE_Z = 3
 
 def _ellipsoid_sd(p: tuple[np.ndarray, ...], centre, radii, angle: float = 0.0) -> np.ndarray:
     """Approximate signed distance (mm, negative inside) to an ellipsoid rotated about z."""
+    # Python floats keep float32 grids in float32 (NumPy scalars would promote to float64).
+    centre, radii, angle = [float(c) for c in centre], [float(r) for r in radii], float(angle)
     x, y = p[0] - centre[0], p[1] - centre[1]
     if angle:
         c, s = np.cos(angle), np.sin(angle)
@@ -88,15 +90,20 @@ class _Canvas:
         return n / (n.std() + 1e-8)
 
     def occ(self, sd: np.ndarray, edge: float | None = None) -> np.ndarray:
-        return expit(-sd / (edge or self.edge)).astype(np.float32)
+        return expit(sd.astype(np.float32, copy=False) * np.float32(-1.0 / (edge or self.edge)))
 
     def sd(self, grid, centre, radii, angle: float = 0.0, pad: float = 8.0):
         """(box, signed distance inside the box) of an ellipsoid on ``grid`` (p or a deformed copy)."""
+        if len(radii) == 3 and radii[2] >= 100 and grid is self.p:
+            # Taller than the volume: a z-invariant column, computed on one plane and broadcast.
+            box = _box(self.axes, centre[:2], radii[:2], pad)
+            return box, _ellipsoid_sd(tuple(g[box][:, :, :1] for g in grid[:2]), centre[:2], radii[:2], angle)
         box = _box(self.axes, centre, radii, pad)
         return box, _ellipsoid_sd(tuple(g[box] for g in grid), centre, radii, angle)
 
     def paint(self, occ: np.ndarray, value: float, fine: float = 0.04, coarse: float = 0.04,
               box: tuple[slice, ...] = (slice(None),) * 3) -> None:
+        value, fine, coarse = float(value), float(fine), float(coarse)
         tex = value * (1.0 + fine * self.fine[box] + coarse * self.coarse[box])
         self.img[box] += occ * (tex - self.img[box])
 
@@ -106,11 +113,11 @@ def _deform(p, rng, amp_mm: float, wavelength_mm: float, n: int = 4):
     out = [q.copy() for q in p]
     for _ in range(n):
         k = rng.normal(size=3)
-        k *= 2 * np.pi / wavelength_mm / np.linalg.norm(k)
-        phase = k[0] * p[0] + k[1] * p[1] + k[2] * p[2] + rng.uniform(0, 2 * np.pi)
-        wave = np.sin(phase).astype(np.float32)
+        k = [float(v) for v in k * 2 * np.pi / wavelength_mm / np.linalg.norm(k)]
+        phase = k[0] * p[0] + k[1] * p[1] + k[2] * p[2] + float(rng.uniform(0, 2 * np.pi))
+        wave = np.sin(phase, dtype=np.float32)
         for d in range(3):
-            out[d] += amp_mm * rng.normal() / np.sqrt(n) * wave
+            out[d] += float(amp_mm * rng.normal() / np.sqrt(n)) * wave
     return out
 
 
@@ -136,7 +143,7 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     # Body outline: fat, then a subcutaneous ring (bright) around deeper fat.
     body_c = (rng.normal(0, 4), pc[1] + u(-5, 12))
     body_r = (u(150, 185), u(92, 118))
-    body_sd = _ellipsoid_sd(p, body_c, body_r)
+    body_sd = _ellipsoid_sd((p[0][:, :, :1], p[1][:, :, :1]), body_c, body_r)  # z-invariant
     cv.paint(cv.occ(body_sd), u(0.78, 0.9), fine=0.05, coarse=0.05)
     sub_fat = u(8, 28)
     cv.paint(cv.occ(body_sd + sub_fat), u(0.5, 0.68), fine=0.08, coarse=0.1)  # deeper fat, more texture
@@ -222,11 +229,11 @@ def make_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, floa
     gland = np.zeros(p[0].shape, np.float32)
     gland[box] = cv.occ(p_sd, 0.05)  # crisp truth on the supersampled grid
     cv.paint(cv.occ(p_sd), u(0.25, 0.38), 0.05, 0.0, box)  # capsule
-    cv.paint(cv.occ(p_sd + u(1.0, 1.8)), u(0.62, 0.85), 0.14, 0.12, box)  # peripheral zone
-    tz_f = u(0.45, 0.8)  # transition zone size (BPH makes it large)
+    cv.paint(cv.occ(p_sd + u(1.0, 1.8)), u(0.55, 0.78), 0.14, 0.12, box)  # peripheral zone
+    tz_f = u(0.55, 0.85)  # transition zone size (BPH makes it large)
     tz_c = (pc[0] + rng.normal(0, 1.5), pc[1] + pr[1] * u(0.1, 0.35), pc[2] + pr[2] * u(0.0, 0.3))
-    tz_sd = np.maximum(_ellipsoid_sd(shape_q, tz_c, pr * np.array([tz_f, tz_f * 0.9, tz_f])), -(p_sd + 2.5))
-    cv.paint(cv.occ(tz_sd), u(0.26, 0.42), 0.3, 0.2, box)  # nodular, heterogeneous
+    tz_sd = np.maximum(_ellipsoid_sd(shape_q, tz_c, pr * np.array([tz_f, tz_f * 0.9, tz_f])), p_sd + 2.5)
+    cv.paint(cv.occ(tz_sd), u(0.26, 0.42), 0.2, 0.15, box)  # nodular, heterogeneous
     # Anterior fibromuscular stroma: a dark cap on the gland's anterior side.
     afs = _ellipsoid_sd(shape_q, (pc[0], pc[1] + pr[1] * 0.95, pc[2]), (pr[0] * 0.6, pr[1] * 0.25, pr[2]))
     cv.paint(cv.occ(np.maximum(afs, p_sd + 0.5)), u(0.2, 0.3), 0.05, 0.0, box)

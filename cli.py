@@ -95,8 +95,8 @@ def _resolve_config(generator, profile, config_files, overrides, data, device):
               help="Extra YAML config layered over the profile (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one config value, e.g. --set train.steps=200 (repeatable).")
-@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder of real volumes (msd, folders, promise12 or pairs layout); default: the embedded phantom.")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Folder of real volumes (msd, folders, promise12 layout) or a pairs .csv; default: the embedded phantom.")
 @click.option("--name", default=None, help="Run name; default: <generator>-<timestamp>.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder of run directories.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (overrides train.device).")
@@ -216,17 +216,20 @@ def data_phantom(out, patients, seed):
 
 
 @data.command("inspect")
-@click.option("--data", "path", required=True, type=click.Path(file_okay=False, exists=True), help="Data folder.")
+@click.option("--data", "path", required=True, type=click.Path(exists=True),
+              help="Data folder, or a pairs .csv manifest.")
 @click.option("--layout", type=click.Choice(["auto", "msd", "folders", "promise12", "pairs"]), default="auto",
               help="Data layout; auto detects it.")
+@click.option("--image-name", default=None, help="folders layout: image file name in each patient folder.")
+@click.option("--mask-name", default=None, help="folders layout: mask file name in each patient folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def data_inspect(path, layout, as_json):
+def data_inspect(path, layout, image_name, mask_name, as_json):
     """Report the layout found, patients, slices, shapes, spacing, label values and class balance."""
     from toolkit.data import DataError
     from toolkit.data.inspect import format_inspection, inspect_dataset
 
     try:
-        info = inspect_dataset(Path(path), layout=layout)
+        info = inspect_dataset(Path(path), layout=layout, image_name=image_name, mask_name=mask_name)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))

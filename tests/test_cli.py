@@ -46,3 +46,16 @@ def test_list_plain_and_json():
 def test_resume_needs_a_name():
     result = CliRunner().invoke(main, ["run", "--resume"])
     assert result.exit_code != 0 and "--name" in result.output
+
+
+def test_data_phantom_then_inspect(tmp_path):
+    runner = CliRunner()
+    made = runner.invoke(main, ["data", "phantom", "--out", str(tmp_path / "ph"), "--patients", "2", "--seed", "1"])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "ph" / "dataset.json").exists()
+    seen = runner.invoke(main, ["data", "inspect", "--data", str(tmp_path / "ph"), "--json"])
+    assert seen.exit_code == 0, seen.output
+    info = json.loads(seen.output)
+    assert info["layout"] == "msd" and info["patients"] == 2
+    bad = runner.invoke(main, ["data", "inspect", "--data", str(tmp_path), "--layout", "promise12"])
+    assert bad.exit_code != 0 and "Error:" in bad.output and "Traceback" not in bad.output

@@ -22,7 +22,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from toolkit.metrics.extractors import build_extractor
 from toolkit.metrics.features import real_features, split_slices, subsample_rows, write_record
@@ -115,6 +114,8 @@ class Memorization(Evaluator):
 
     def _save_pairs(self, ctx: EvalContext, fake_rows: np.ndarray, train_rows: np.ndarray) -> Path:
         """Closest pairs as a grid: one row per pair, synthetic left, its nearest training slice right."""
+        from torchvision.utils import make_grid, save_image  # slow to import; only needed here
+
         fake = torch.from_numpy(np.asarray(ctx.synthetic.images[fake_rows], dtype=np.float32))
         real = torch.from_numpy(np.asarray(ctx.train.images[train_rows], dtype=np.float32))
         pairs = torch.stack([fake, real], dim=1).reshape(-1, 1, *fake.shape[1:])  # fake0, real0, fake1, ...

@@ -6,7 +6,7 @@ pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
 similarity metric"). Each step:
 
 1. Encode the real pair, decode its reconstruction and, from fresh prior
-   draws ``z ~ N(0, I)``, as many prior samples.
+   draws ``z ~ N(0, I)``, ``prior_fraction`` times as many prior samples.
 2. D step: adversarial loss (hinge by default) of D on DiffAugment-ed real
    pairs against the reconstructions and prior samples.
 3. G step (encoder + decoder):
@@ -78,6 +78,7 @@ class VAEGAN(Generator):
         diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
         temperature: float = 1.0,  # std of the prior when sampling
+        prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
     ) -> None:
         super().__init__(spec, device)
         for name, value, valid in (("image_loss", image_loss, ("l1", "l2")),
@@ -95,6 +96,7 @@ class VAEGAN(Generator):
         self.adv_loss_kind = adv_loss
         self.adv_start_step = adv_start_step
         self.temperature = temperature
+        self.prior_fraction = prior_fraction
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
         self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth).to(self.device)
@@ -116,7 +118,7 @@ class VAEGAN(Generator):
             mu, logvar = self.encoder(real)
             mu, logvar = mu.float(), logvar.float()
             z = torch.cat([reparameterize(mu, logvar, self.noise.randn(n, self.z_dim)),
-                           self.noise.randn(n, self.z_dim)])
+                           self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim)])
             image, logits = self.decoder(z)
         image, logits = image.float(), logits.float()
         fake = pair_to_input(image, torch.sigmoid(logits))  # D sees mask probabilities

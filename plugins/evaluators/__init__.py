@@ -1,3 +1,3 @@
 """Built-in evaluators. The registry imports each module listed here on first use."""
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("dice_gain",)

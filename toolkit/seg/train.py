@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from toolkit.data.augment import augment_batch
 from toolkit.data.slices import SliceSet
-from toolkit.nn.unet import UNet
+from toolkit.nn.unet import NORMS, UNet
 from toolkit.seg.predict import score_patients
-from toolkit.seg.runtime import autocast, resolve_precision
+from toolkit.seg.runtime import PRECISIONS, autocast, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class SegConfig:
                 raise ValueError(f"segmenter {name} must be a positive integer, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"segmenter lr must be positive, got {self.lr}")
+        if self.norm not in NORMS:
+            raise ValueError(f"segmenter norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"segmenter precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,15 +124,17 @@ def _draw(pools: list[Pool], batch_size: int, generator: torch.Generator) -> tup
     which = torch.multinomial(shares, batch_size, replacement=True, generator=generator)
     images, masks = [], []
     for i, pool in enumerate(pools):
+        # Every pool draws a full batch of rows and keeps what it needs, so the rows of
+        # one pool never depend on how many items the others got.
+        if pool.weights is None:
+            rows = torch.randint(len(pool.images), (batch_size,), generator=generator)
+        else:
+            rows = torch.multinomial(torch.as_tensor(pool.weights, dtype=torch.float64), batch_size,
+                                     replacement=True, generator=generator)
         k = int((which == i).sum())
         if k == 0:
             continue
-        if pool.weights is None:
-            rows = torch.randint(len(pool.images), (k,), generator=generator)
-        else:
-            rows = torch.multinomial(torch.as_tensor(pool.weights, dtype=torch.float64), k, replacement=True,
-                                     generator=generator)
-        rows = rows.numpy()
+        rows = rows[:k].numpy()
         image = torch.from_numpy(pool.images[rows])[:, None].float()
         if pool.transform is not None:
             image = pool.transform(image)

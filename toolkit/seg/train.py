@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from toolkit.data.augment import augment_batch
 from toolkit.data.slices import SliceSet
 from toolkit.nn.unet import NORMS, UNet
-from toolkit.seg.predict import score_patients
+from toolkit.seg.predict import volume_dice
 from toolkit.seg.runtime import PRECISIONS, autocast, resolve_precision
 
 
@@ -206,9 +206,8 @@ def train_unet(
 
         # Validate on real patients; keep the best state.
         if step % config.val_every == 0 or step == config.steps:
-            scores = score_patients(model, val, device=device, amp_dtype=amp_dtype,
-                                    channels_last=config.channels_last)
-            val_dice = float(np.mean([s.dice for s in scores]))
+            val_dice = volume_dice(model, val, device=device, amp_dtype=amp_dtype,
+                                   channels_last=config.channels_last)
             n_loss = step - (history[-1][0] if history else 0)
             history.append((step, running / n_loss, val_dice))
             running = 0.0

@@ -17,6 +17,16 @@ from toolkit.registry import EVALUATORS
 SIZE = 32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
+    ten times slower than one thread alone."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def ellipse_patients(n: int, seed: int, prefix: str = "p", slices: int = 8) -> SliceSet:
     """Noisy ellipses: one 'gland' per patient, size and position varying by patient and slice.
 
@@ -135,6 +145,8 @@ def test_noise_gives_clearly_negative_gain_and_oracle_does_not(oracle_and_noise)
     assert oracle["dice_gain"] > -0.05
     assert oracle["dice_gain"] - noise["dice_gain"] > 0.1
     assert noise["dice_gain_n_worsened"] >= 3
+    assert set(EVALUATORS.get("dice_gain").metrics) <= set(oracle)
+    assert np.isnan(oracle["dice_tstr"])  # switched off in these settings
     # The same baseline serves both: its Dice is identical.
     assert oracle["dice_baseline"] == noise["dice_baseline"]
 

@@ -5,14 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_dice_gain import SIZE, ellipse_patients, make_ctx, noise_set
+
 from toolkit.nn.unet import UNet
 from toolkit.seg import runtime
 from toolkit.seg.baseline import load_or_train_baseline
 from toolkit.seg.predict import score_patients, stack_volumes
 from toolkit.seg.report import per_patient_plot
 from toolkit.seg.train import Pool, SegConfig, dice_bce_loss, train_unet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
+    ten times slower than one thread alone."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 TINY = SegConfig(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
 
@@ -64,8 +75,8 @@ def test_precision_resolution(monkeypatch):
 
 def test_reproducible_restores_threads_and_determinism():
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with runtime.reproducible(1) as used:
-        assert used == 1 == torch.get_num_threads()
+    with runtime.reproducible(threads + 1) as used:
+        assert used == threads + 1 == torch.get_num_threads()
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.get_num_threads() == threads
     assert torch.are_deterministic_algorithms_enabled() == det

@@ -202,8 +202,11 @@ class DiceGain(Evaluator):
             metrics[f"dice_{arm}"] = float(dice[arm].mean())
             metrics[f"dice_{arm}_std"] = float(dice[arm].std(ddof=1)) if dice[arm].size > 1 else 0.0
             metrics[f"hd95_{arm}"] = float(hd[arm].mean())
+        # Declared metrics are always present; NaN marks an arm that was switched off.
         if self.tstr:
             metrics["tstr_gap"] = metrics["dice_tstr"] - metrics["dice_baseline"]
+        else:
+            metrics["dice_tstr"] = metrics["tstr_gap"] = float("nan")
         control_summaries = {}
         for control in self.controls:
             summary = paired_summary(dice[control], dice["augmented"], self.bootstrap, seed=ctx.seed)
@@ -212,6 +215,8 @@ class DiceGain(Evaluator):
             metrics[f"{control}_gain"] = float((dice[control] - dice["baseline"]).mean())
         if self.label_fidelity:
             metrics.update(self._label_fidelity(ctx, baseline_models[0].model, amp))
+        else:
+            metrics["label_fidelity_dice"] = float("nan")
         metrics.update({k: float(v) for k, v in info.items()})
         metrics.update({
             "threads": float(threads),
@@ -268,7 +273,7 @@ class DiceGain(Evaluator):
         save_png(out_dir / "per_patient_dice.png", figure)
 
         summary = {
-            "metrics": metrics,
+            "metrics": {k: (v if np.isfinite(v) else None) for k, v in metrics.items()},  # valid JSON
             "moved_most": [{"patient": p, "gain": g} for p, g in movers(patients, gain.per_patient)],
             "segmenter": self.seg.to_dict(),
             "controls": list(self.controls),

@@ -1,0 +1,289 @@
+"""dice_gain: how much a generator's synthetic pairs raise a U-Net's Dice on unseen real patients.
+
+Protocol (docs/evaluation.md has the full text):
+
+1. Baseline: a U-Net trained on the real training slices (cached per data,
+   split, segmenter config and seed).
+2. Augmented: the same U-Net, same seed, same number of optimizer steps, on
+   batches drawn from real and synthetic slices at ``ratio`` synthetic:real.
+3. TSTR: the same, on synthetic slices only.
+4. Controls (optional): the synthetic pool replaced by real slices resampled
+   to the synthetic set's share of gland slices (``balanced_real``), and
+   additionally blurred to its sharpness (``blurred_real``).
+
+Every arm selects its best state on real validation Dice and is scored by
+3D Dice per test patient. The primary metric is the mean paired gain
+(augmented - baseline) over seeds and test patients, with a two-way bootstrap
+95% CI and a Wilcoxon signed-rank p-value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from toolkit.data.slices import SliceSet
+from toolkit.plugin import EvalContext, Evaluator
+from toolkit.registry import EVALUATORS
+from toolkit.seg.baseline import baseline_result, seg_config
+from toolkit.seg.controls import CONTROLS, blur, gland_share_weights, match_sharpness
+from toolkit.seg.predict import predict_probs, score_patients
+from toolkit.seg.report import per_patient_plot, save_png, write_csv
+from toolkit.seg.runtime import reproducible, resolve_precision
+from toolkit.seg.stats import movers, paired_summary
+from toolkit.seg.train import Pool, TrainResult, train_unet
+
+log = logging.getLogger(__name__)
+
+
+def _check_sets(ctx: EvalContext) -> None:
+    for name in ("train", "val", "test", "synthetic"):
+        slices: SliceSet = getattr(ctx, name)
+        if len(slices) == 0:
+            raise ValueError(f"dice_gain: the {name} set is empty")
+        if slices.images.shape[1:] != ctx.train.images.shape[1:]:
+            raise ValueError(
+                f"dice_gain: {name} slices are {slices.images.shape[1:]}, training slices "
+                f"{ctx.train.images.shape[1:]}; all sets need one image size"
+            )
+        values = np.unique(slices.masks)
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"dice_gain: {name} masks must be 0/1, found values {values[:10].tolist()}")
+
+
+@EVALUATORS.register("dice_gain")
+class DiceGain(Evaluator):
+    """Rank a synthetic set by the Dice it adds to a U-Net trained on few real patients."""
+
+    metrics: ClassVar[tuple[str, ...]] = (
+        "dice_gain", "dice_gain_ci_low", "dice_gain_ci_high", "dice_gain_p_wilcoxon",
+        "dice_baseline", "dice_augmented", "dice_tstr", "tstr_gap", "label_fidelity_dice",
+    )
+    primary: ClassVar[str] = "dice_gain"
+    higher_is_better: ClassVar[bool] = True
+    tiny: ClassVar[dict[str, Any]] = {
+        "seeds": 1, "steps": 12, "batch_size": 8, "base_channels": 4, "depth": 2, "val_every": 6,
+        "bootstrap": 200, "threads": 1, "precision": "fp32",
+    }
+
+    def __init__(
+        self,
+        *,
+        seeds: int = 3,  # U-Net seeds per arm; seed k is the experiment seed + k
+        steps: int = 200,  # optimizer steps per arm (the same for every arm)
+        batch_size: int = 32,  # slices per step
+        lr: float = 1e-3,  # Adam learning rate
+        base_channels: int = 16,  # U-Net width of the first level
+        depth: int = 4,  # U-Net downsamplings (4: 64 x 64 -> 4 x 4 bottleneck)
+        norm: str = "batch",  # batch | instance | group | none
+        val_every: int = 50,  # steps between validations for model selection
+        augment: bool = True,  # flips, small affine and intensity jitter on training batches
+        elastic: float = 0.0,  # elastic deformation strength; 0 disables
+        ratio: float = 1.0,  # synthetic:real share of each augmented batch
+        tstr: bool = True,  # also train on synthetic only (train-synthetic-test-real)
+        controls: tuple[str, ...] = (),  # control arms: balanced_real, blurred_real
+        label_fidelity: bool = True,  # baseline U-Net Dice on synthetic images vs their masks
+        precision: str = "auto",  # auto | fp32 | bf16 (auto: bf16 where the hardware runs it natively)
+        channels_last: bool = True,  # NHWC layout, faster on CPUs
+        threads: int | None = None,  # torch CPU threads during the evaluation; null: the current count
+        bootstrap: int = 2000,  # bootstrap resamples for the 95% CI
+    ) -> None:
+        unknown = sorted(set(controls) - set(CONTROLS))
+        if unknown:
+            raise ValueError(f"evaluators.dice_gain.controls: unknown control(s) {unknown}; "
+                             f"valid: {', '.join(CONTROLS)}")
+        if seeds < 1:
+            raise ValueError(f"evaluators.dice_gain.seeds must be at least 1, got {seeds}")
+        if ratio <= 0:
+            raise ValueError(f"evaluators.dice_gain.ratio must be positive, got {ratio}")
+        if bootstrap < 100:
+            raise ValueError(f"evaluators.dice_gain.bootstrap needs at least 100 resamples, got {bootstrap}")
+        self.seg = seg_config(
+            steps=steps, batch_size=batch_size, lr=lr, base_channels=base_channels, depth=depth, norm=norm,
+            val_every=val_every, augment=augment, elastic=elastic, precision=precision,
+            channels_last=channels_last,
+        )
+        self.seeds = seeds
+        self.ratio = float(ratio)
+        self.tstr = tstr
+        self.controls = tuple(controls)
+        self.label_fidelity = label_fidelity
+        self.threads = threads
+        self.bootstrap = bootstrap
+
+    # The evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        _check_sets(ctx)
+        with reproducible(self.threads, ctx.device) as threads:
+            return self._evaluate(ctx, threads)
+
+    def _arms(self, ctx: EvalContext) -> tuple[dict[str, list[Pool]], dict[str, float]]:
+        """The training pools of every non-baseline arm, and facts about the controls."""
+        real, synthetic = ctx.train, ctx.synthetic
+        arms = {"augmented": [Pool.of(real, name="real"), Pool.of(synthetic, share=self.ratio, name="synthetic")]}
+        if self.tstr:
+            arms["tstr"] = [Pool.of(synthetic, name="synthetic")]
+        info: dict[str, float] = {
+            "synthetic_gland_share": float(synthetic.has_gland().mean()),
+            "real_gland_share": float(real.has_gland().mean()),
+        }
+        if self.controls:
+            weights, achieved = gland_share_weights(real.has_gland(), info["synthetic_gland_share"])
+            info["control_gland_share"] = achieved
+            if "balanced_real" in self.controls:
+                arms["balanced_real"] = [
+                    Pool.of(real, name="real"),
+                    Pool.of(real, share=self.ratio, weights=weights, name="balanced_real"),
+                ]
+            if "blurred_real" in self.controls:
+                # Match sharpness on a fixed subset (first 256 of each), enough for a mean gradient.
+                sigma = match_sharpness(real.to_batch(slice(0, 256)).image,
+                                        synthetic.to_batch(slice(0, 256)).image)
+                info["blurred_real_sigma"] = sigma
+                arms["blurred_real"] = [
+                    Pool.of(real, name="real"),
+                    Pool.of(real, share=self.ratio, weights=weights, name="blurred_real",
+                            transform=lambda x, s=sigma: blur(x, s)),
+                ]
+        return arms, info
+
+    def _evaluate(self, ctx: EvalContext, threads: int) -> dict[str, float]:
+        started = time.perf_counter()
+        out_dir = ctx.run_dir / "dice_gain"
+        amp = resolve_precision(self.seg.precision, ctx.device)
+        seeds = [ctx.seed + k for k in range(self.seeds)]
+        arms, info = self._arms(ctx)
+        arm_names = ["baseline", *arms]
+        patients = ctx.test.patients()
+
+        # Train every arm for every seed and score it on the test patients.
+        dice = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
+        hd = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
+        rows, arm_rows = [], []
+        baselines_trained = 0
+        baseline_models: list[TrainResult] = []
+        for i, seed in enumerate(seeds):
+            for arm in arm_names:
+                if arm == "baseline":
+                    result, trained = baseline_result(ctx, seed, self.seg)
+                    baselines_trained += int(trained)
+                    baseline_models.append(result)
+                else:
+                    result, trained = train_unet(arms[arm], ctx.val, self.seg, seed, ctx.device), True
+                log.info("dice_gain: seed %d %s: val Dice %.3f at step %d (%s, %.0f s)", seed, arm,
+                         result.best_val_dice, result.best_step, "trained" if trained else "cached",
+                         result.seconds)
+                scores = score_patients(result.model, ctx.test, device=ctx.device, amp_dtype=amp,
+                                        channels_last=self.seg.channels_last)
+                for j, s in enumerate(scores):
+                    dice[arm][i, j], hd[arm][i, j] = s.dice, s.hd95
+                    rows.append({"arm": arm, "seed": seed, **vars(s)})
+                arm_rows.append({
+                    "arm": arm, "seed": seed, "dice_mean": float(dice[arm][i].mean()),
+                    "best_step": result.best_step, "best_val_dice": float(result.best_val_dice),
+                    "train_seconds": float(result.seconds), "trained_now": int(trained),
+                })
+
+        # Share the seed-0 baseline with other evaluators (the seg feature space).
+        ctx.shared["baseline_unet"] = baseline_models[0].model
+        ctx.shared["baseline_unet_config"] = self.seg.to_dict()
+        ctx.shared["baseline_unet_threads"] = threads
+
+        # Statistics: the gain and its uncertainty, per arm summaries, controls.
+        gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=ctx.seed)
+        metrics: dict[str, float] = gain.as_metrics("dice_gain")
+        for arm in arm_names:
+            metrics[f"dice_{arm}"] = float(dice[arm].mean())
+            metrics[f"dice_{arm}_std"] = float(dice[arm].std(ddof=1)) if dice[arm].size > 1 else 0.0
+            metrics[f"hd95_{arm}"] = float(hd[arm].mean())
+        # Declared metrics are always present; NaN marks an arm that was switched off.
+        if self.tstr:
+            metrics["tstr_gap"] = metrics["dice_tstr"] - metrics["dice_baseline"]
+        else:
+            metrics["dice_tstr"] = metrics["tstr_gap"] = float("nan")
+        control_summaries = {}
+        for control in self.controls:
+            summary = paired_summary(dice[control], dice["augmented"], self.bootstrap, seed=ctx.seed)
+            control_summaries[control] = summary
+            metrics.update(summary.as_metrics(f"dice_gain_vs_{control}"))
+            metrics[f"{control}_gain"] = float((dice[control] - dice["baseline"]).mean())
+        if self.label_fidelity:
+            metrics.update(self._label_fidelity(ctx, baseline_models[0].model, amp))
+        else:
+            metrics["label_fidelity_dice"] = float("nan")
+        metrics.update({k: float(v) for k, v in info.items()})
+        metrics.update({
+            "threads": float(threads),
+            "seeds": float(len(seeds)),
+            "steps": float(self.seg.steps),
+            "ratio": self.ratio,
+            "bf16": float(amp is torch.bfloat16),
+            "n_train_patients": float(len(ctx.train.patients())),
+            "n_test_patients": float(len(patients)),
+            "baselines_trained": float(baselines_trained),
+            "seconds": time.perf_counter() - started,
+        })
+
+        self._write(ctx, out_dir, rows, arm_rows, patients, dice, gain, control_summaries, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _label_fidelity(self, ctx: EvalContext, model: torch.nn.Module, amp: torch.dtype | None) -> dict[str, float]:
+        """Does the synthetic mask match what the real-trained U-Net sees in the synthetic image?"""
+        syn = ctx.synthetic
+        pred = predict_probs(model, syn.images, device=ctx.device, amp_dtype=amp,
+                             channels_last=self.seg.channels_last) > 0.5
+        truth = syn.masks.astype(bool)
+        inter = np.logical_and(pred, truth).reshape(len(syn), -1).sum(1)
+        total = pred.reshape(len(syn), -1).sum(1) + truth.reshape(len(syn), -1).sum(1)
+        pooled = 2 * inter.sum() / total.sum() if total.sum() else 1.0
+        gland = truth.reshape(len(syn), -1).any(1)
+        per_slice = 2 * inter[gland] / total[gland]
+        return {
+            "label_fidelity_dice": float(pooled),
+            "label_fidelity_slice_dice": float(per_slice.mean()) if gland.any() else float("nan"),
+        }
+
+    def _write(self, ctx, out_dir, rows, arm_rows, patients, dice, gain, control_summaries, metrics) -> None:
+        """Tables, figure, summary and TensorBoard scalars of one evaluation."""
+        write_csv(out_dir / "per_patient.csv", rows)
+        write_csv(out_dir / "arms.csv", arm_rows)
+        gain_rows = []
+        for j, patient in enumerate(patients):
+            row = {"patient": patient}
+            for arm, values in dice.items():
+                row[f"dice_{arm}"] = float(values[:, j].mean())
+            row["gain"] = float(gain.per_patient[j])
+            for control, summary in control_summaries.items():
+                row[f"gain_vs_{control}"] = float(summary.per_patient[j])
+            gain_rows.append(row)
+        write_csv(out_dir / "gains.csv", gain_rows)
+
+        figure = per_patient_plot(
+            patients, dice["baseline"].mean(0), dice["augmented"].mean(0),
+            title=f"Dice per test patient (mean of {self.seeds} seeds); gain {gain.mean:+.3f} "
+                  f"[{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]",
+        )
+        save_png(out_dir / "per_patient_dice.png", figure)
+
+        summary = {
+            "metrics": {k: (v if np.isfinite(v) else None) for k, v in metrics.items()},  # valid JSON
+            "moved_most": [{"patient": p, "gain": g} for p, g in movers(patients, gain.per_patient)],
+            "segmenter": self.seg.to_dict(),
+            "controls": list(self.controls),
+            "ci_covers": "U-Net seeds and test patients, for one training subset and one trained generator",
+        }
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+        if ctx.writer is not None:
+            for key, value in metrics.items():
+                if np.isfinite(value):
+                    ctx.writer.add_scalar(f"dice_gain/{key}", value)
+            ctx.writer.add_image("dice_gain/per_patient_dice", figure, dataformats="HWC")
+            ctx.writer.flush()

@@ -1,0 +1,246 @@
+"""The dice_gain evaluator on tiny synthetic 'patients': oracle vs noise, caching, determinism, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.data.slices import SliceSet
+from toolkit.plugin import EvalContext
+from toolkit.registry import EVALUATORS
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
+    ten times slower than one thread alone."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def ellipse_patients(n: int, seed: int, prefix: str = "p", slices: int = 8) -> SliceSet:
+    """Noisy ellipses: one 'gland' per patient, size and position varying by patient and slice.
+
+    A dimmer decoy ellipse elsewhere makes thresholding alone insufficient.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+    images, masks, patient, index = [], [], [], []
+    for p in range(n):
+        cy, cx = rng.uniform(11, 21, size=2)
+        ry, rx = rng.uniform(4, 7, size=2)
+        dy, dx = rng.uniform(5, 27, size=2)
+        for z in range(slices):
+            scale = np.sin(np.pi * (z + 0.5) / slices) * 1.2 - 0.2  # empty at the ends
+            inside = ((yy - cy) / max(ry * scale, 1e-3)) ** 2 + ((xx - cx) / max(rx * scale, 1e-3)) ** 2 <= 1
+            inside &= scale > 0.15
+            decoy = ((yy - dy) / 3) ** 2 + ((xx - dx) / 4) ** 2 <= 1
+            image = -0.5 + 0.25 * rng.standard_normal((SIZE, SIZE)) + 0.5 * decoy + 0.7 * inside
+            images.append(np.clip(image, -1, 1).astype(np.float32))
+            masks.append(inside.astype(np.uint8))
+            patient.append(f"{prefix}{p:02d}")
+            index.append(z)
+    m = np.stack(masks)
+    area = m.reshape(len(m), -1).mean(1)
+    cond = np.stack([np.zeros_like(area), area], 1).astype(np.float32)
+    return SliceSet(np.stack(images), m, cond, np.array(patient), np.array(index, dtype=np.int64))
+
+
+def noise_set(n: int, seed: int) -> SliceSet:
+    """Noise images with random blob masks that have nothing to do with the images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    images = rng.uniform(-1, 1, size=(n, SIZE, SIZE)).astype(np.float32)
+    masks = np.stack([((yy - rng.uniform(6, 26)) ** 2 + (xx - rng.uniform(6, 26)) ** 2
+                       <= rng.uniform(9, 49)) for _ in range(n)]).astype(np.uint8)
+    return SliceSet(images, masks, np.zeros((n, 2), np.float32), np.full(n, "synthetic"),
+                    np.arange(n, dtype=np.int64))
+
+
+def as_synthetic(s: SliceSet) -> SliceSet:
+    return SliceSet(s.images.copy(), s.masks.copy(), s.cond.copy(), np.full(len(s), "synthetic"),
+                    np.arange(len(s), dtype=np.int64))
+
+
+def make_ctx(tmp_path: Path, synthetic: SliceSet, cache: Path | None = None, writer=None) -> EvalContext:
+    train = ellipse_patients(3, seed=1, prefix="train")
+    return EvalContext(
+        train=train,
+        val=ellipse_patients(2, seed=2, prefix="val"),
+        test=ellipse_patients(4, seed=3, prefix="test"),
+        synthetic=synthetic,
+        device=torch.device("cpu"),
+        run_dir=tmp_path / "run",
+        cache_dir=cache or tmp_path / "cache",
+        data_fingerprint="ellipses-v1",
+        writer=writer,
+    )
+
+
+def evaluator(**overrides):
+    cls = EVALUATORS.get("dice_gain")
+    return cls(**{**cls.tiny, **overrides})
+
+
+class FakeWriter:
+    """Records what a SummaryWriter would receive (no tensorboard import needed)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, float] = {}
+        self.images: dict[str, tuple] = {}
+
+    def add_scalar(self, tag, value, step=None):
+        self.scalars[tag] = value
+
+    def add_image(self, tag, image, step=None, dataformats="CHW"):
+        self.images[tag] = (np.asarray(image).shape, dataformats)
+
+    def flush(self):
+        pass
+
+
+# Settings where the U-Net learns the ellipses reliably in seconds.
+LEARNS = {"seeds": 2, "steps": 60, "lr": 3e-3, "base_channels": 8, "val_every": 15, "tstr": False}
+
+
+@pytest.fixture(scope="module")
+def oracle_and_noise(tmp_path_factory):
+    """Evaluate an oracle (real training pairs) and noise (random images and masks) with one cache."""
+    import toolkit.seg.baseline as baseline_module
+
+    tmp = tmp_path_factory.mktemp("oracle")
+    calls = []
+    real_train = baseline_module.train_unet
+
+    def counting_train(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs["seed"])
+        return real_train(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(baseline_module, "train_unet", counting_train)
+        oracle_ctx = make_ctx(tmp / "oracle", as_synthetic(ellipse_patients(3, seed=1, prefix="train")),
+                              cache=tmp / "cache", writer=FakeWriter())
+        oracle = evaluator(**LEARNS).evaluate(oracle_ctx)
+        baseline_calls_first = list(calls)
+        # A new evaluation (new ctx, nothing in memory) against the same cache folder.
+        noise_ctx = make_ctx(tmp / "noise", noise_set(24, seed=5), cache=tmp / "cache")
+        noise = evaluator(**LEARNS).evaluate(noise_ctx)
+    return {"oracle": oracle, "noise": noise, "oracle_ctx": oracle_ctx, "noise_ctx": noise_ctx,
+            "first_calls": baseline_calls_first, "all_calls": list(calls)}
+
+
+def test_noise_gives_clearly_negative_gain_and_oracle_does_not(oracle_and_noise):
+    oracle, noise = oracle_and_noise["oracle"], oracle_and_noise["noise"]
+    assert noise["dice_gain"] < -0.1
+    assert noise["dice_gain_ci_high"] < 0
+    assert oracle["dice_gain"] > -0.05
+    assert oracle["dice_gain"] - noise["dice_gain"] > 0.1
+    assert noise["dice_gain_n_worsened"] >= 3
+    assert set(EVALUATORS.get("dice_gain").metrics) <= set(oracle)
+    assert np.isnan(oracle["dice_tstr"])  # switched off in these settings
+    # The same baseline serves both: its Dice is identical.
+    assert oracle["dice_baseline"] == noise["dice_baseline"]
+
+
+def test_label_fidelity_separates_matching_from_random_masks(oracle_and_noise):
+    assert oracle_and_noise["oracle"]["label_fidelity_dice"] > 0.6
+    assert oracle_and_noise["noise"]["label_fidelity_dice"] < 0.3
+
+
+def test_second_evaluation_trains_no_baseline(oracle_and_noise):
+    assert oracle_and_noise["first_calls"] == [0, 1]  # one baseline per seed, trained once
+    assert oracle_and_noise["all_calls"] == [0, 1]  # the noise evaluation trained none
+    assert oracle_and_noise["oracle"]["baselines_trained"] == 2
+    assert oracle_and_noise["noise"]["baselines_trained"] == 0
+    assert len(list((oracle_and_noise["oracle_ctx"].cache_dir / "seg_baselines").glob("*.pt"))) == 2
+
+
+def test_outputs_tables_figure_and_tensorboard(oracle_and_noise):
+    ctx = oracle_and_noise["oracle_ctx"]
+    out = ctx.run_dir / "dice_gain"
+    with open(out / "per_patient.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 4  # arms x seeds x test patients
+    assert {r["arm"] for r in rows} == {"baseline", "augmented"}
+    with open(out / "gains.csv") as f:
+        gains = list(csv.DictReader(f))
+    assert [g["patient"] for g in gains] == ["test00", "test01", "test02", "test03"]
+    mean_gain = np.mean([float(g["gain"]) for g in gains])
+    assert mean_gain == pytest.approx(oracle_and_noise["oracle"]["dice_gain"], abs=1e-5)
+    from PIL import Image
+
+    with Image.open(out / "per_patient_dice.png") as png:
+        assert png.mode == "RGB" and png.size[0] >= 300
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["moved_most"]) == 3
+    writer = ctx.writer
+    assert writer.scalars["dice_gain/dice_gain"] == oracle_and_noise["oracle"]["dice_gain"]
+    assert writer.images["dice_gain/per_patient_dice"][1] == "HWC"
+    # The seed-0 baseline is shared with other evaluators and has a feature encoder.
+    unet = ctx.shared["baseline_unet"]
+    features = unet.encode(torch.zeros(2, 1, SIZE, SIZE))
+    assert features.shape[0] == 2 and features.dim() == 4
+
+
+def test_same_seed_same_results_and_threads_restored(tmp_path):
+    synthetic = noise_set(16, seed=9)
+    before_threads = torch.get_num_threads()
+    before_det = torch.are_deterministic_algorithms_enabled()
+    first = evaluator(threads=1).evaluate(make_ctx(tmp_path / "a", synthetic))
+    second = evaluator(threads=1).evaluate(make_ctx(tmp_path / "b", synthetic))
+    assert torch.get_num_threads() == before_threads
+    assert torch.are_deterministic_algorithms_enabled() == before_det
+    assert first["threads"] == 1 and first["baselines_trained"] == 1 == second["baselines_trained"]
+    for key in first:
+        if key != "seconds":
+            assert first[key] == second[key] or (np.isnan(first[key]) and np.isnan(second[key])), key
+    table = "dice_gain/per_patient.csv"
+    assert (tmp_path / "a/run" / table).read_text() == (tmp_path / "b/run" / table).read_text()
+
+
+def test_controls_report_gain_against_each(tmp_path):
+    from toolkit.seg.controls import blur
+
+    # A blurred copy of real slices with every slice holding gland: both controls have something to match.
+    real = ellipse_patients(3, seed=1, prefix="train")
+    gland = real.select(real.has_gland())
+    blurred = blur(torch.from_numpy(gland.images)[:, None], 1.5)[:, 0].numpy()
+    synthetic = as_synthetic(SliceSet(blurred, gland.masks, gland.cond, gland.patient, gland.slice_index))
+    metrics = evaluator(controls=["balanced_real", "blurred_real"]).evaluate(make_ctx(tmp_path, synthetic))
+    assert metrics["synthetic_gland_share"] == 1.0
+    assert metrics["control_gland_share"] == 1.0
+    assert metrics["blurred_real_sigma"] > 0.5
+    for control in ("balanced_real", "blurred_real"):
+        assert f"dice_gain_vs_{control}" in metrics and f"dice_{control}" in metrics
+        assert np.isfinite(metrics[f"dice_gain_vs_{control}_p_wilcoxon"])
+    assert metrics["tstr_gap"] == pytest.approx(metrics["dice_tstr"] - metrics["dice_baseline"])
+
+
+def test_bad_settings_and_inputs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown control.*balanced_real"):
+        evaluator(controls=["balance_real"])
+    with pytest.raises(ValueError, match="norm must be one of"):
+        evaluator(norm="layer")
+    small = noise_set(4, seed=0)
+    small = SliceSet(small.images[:, :16, :16], small.masks[:, :16, :16], small.cond, small.patient,
+                     small.slice_index)
+    with pytest.raises(ValueError, match="synthetic slices are"):
+        evaluator().evaluate(make_ctx(tmp_path, small))
+
+
+def test_config_section_validates_against_signature():
+    from toolkit.config import ConfigError, validate_section
+
+    cls = EVALUATORS.get("dice_gain")
+    validate_section(cls, {"controls": ["balanced_real"], "threads": 2, "seeds": 3}, "evaluators.dice_gain")
+    with pytest.raises(ConfigError, match="seeds"):
+        validate_section(cls, {"seeds": "three"}, "evaluators.dice_gain")

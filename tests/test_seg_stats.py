@@ -1,0 +1,60 @@
+"""Paired statistics: bootstrap CI, Wilcoxon (including all-zero differences), counts and movers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.seg.stats import bootstrap_mean_ci, movers, paired_summary, wilcoxon_p
+
+
+def test_constant_difference_has_a_point_ci():
+    a = np.full((3, 5), 0.6)
+    low, high = bootstrap_mean_ci(a - 0.5)
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_more_patients():
+    rng = np.random.default_rng(0)
+    small = rng.normal(0.05, 0.1, size=(3, 8))
+    large = rng.normal(0.05, 0.1, size=(3, 200))
+    low_s, high_s = bootstrap_mean_ci(small, samples=2000, seed=1)
+    low_l, high_l = bootstrap_mean_ci(large, samples=2000, seed=1)
+    assert low_s < small.mean() < high_s
+    assert low_l < large.mean() < high_l
+    assert high_l - low_l < high_s - low_s
+    assert bootstrap_mean_ci(small, seed=3) == bootstrap_mean_ci(small, seed=3)
+
+
+def test_bootstrap_resamples_seeds_too():
+    # Patients agree perfectly within a seed, seeds disagree: the CI must not collapse.
+    diff = np.array([[0.1] * 6, [-0.1] * 6, [0.3] * 6])
+    low, high = bootstrap_mean_ci(diff, samples=2000)
+    assert high - low > 0.1
+
+
+def test_wilcoxon_all_zero_and_clear_shift():
+    assert wilcoxon_p(np.zeros(7)) == 1.0
+    assert wilcoxon_p(np.full(10, 0.05) + np.linspace(0, 0.01, 10)) < 0.01
+    with pytest.raises(ValueError):
+        wilcoxon_p(np.array([]))
+
+
+def test_paired_summary_hand_case():
+    base = np.array([[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.8]])
+    aug = base + np.array([[0.1, -0.2, 0.0, 0.3], [0.1, -0.2, 0.0, 0.1]])
+    s = paired_summary(base, aug, samples=500)
+    assert s.mean == pytest.approx(0.025)
+    np.testing.assert_allclose(s.per_patient, [0.1, -0.2, 0.0, 0.2])
+    assert s.median == pytest.approx(0.05)
+    assert (s.n_improved, s.n_worsened) == (2, 1)
+    assert s.ci_low <= s.mean <= s.ci_high
+    assert s.seed_std == pytest.approx(np.std([0.05, 0.0], ddof=1))
+    metrics = s.as_metrics("dice_gain")
+    assert metrics["dice_gain"] == s.mean and metrics["dice_gain_n_improved"] == 2.0
+    with pytest.raises(ValueError, match="shape"):
+        paired_summary(base, aug[:, :3])
+
+
+def test_movers_largest_absolute_first():
+    assert movers(["a", "b", "c", "d"], np.array([0.1, -0.5, 0.3, 0.0]), k=2) == [("b", -0.5), ("c", 0.3)]

@@ -1,0 +1,151 @@
+"""The U-Net, its training loop, prediction stacking, runtime settings, baseline cache and the plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_dice_gain import SIZE, ellipse_patients, make_ctx, noise_set
+
+from toolkit.nn.unet import UNet
+from toolkit.seg import runtime
+from toolkit.seg.baseline import load_or_train_baseline
+from toolkit.seg.predict import score_patients, stack_volumes
+from toolkit.seg.report import per_patient_plot
+from toolkit.seg.train import Pool, SegConfig, dice_bce_loss, train_unet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
+    ten times slower than one thread alone."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+TINY = SegConfig(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
+
+
+def test_unet_shapes_encode_and_size_check():
+    net = UNet(base_channels=4, depth=3)
+    x = torch.randn(2, 1, 32, 32)
+    assert net(x).shape == (2, 1, 32, 32)
+    assert net.encode(x).shape == (2, 32, 4, 4)
+    assert net.feature_channels == 32
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.randn(1, 1, 36, 36))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UNet(norm="layer")
+    for norm in ("instance", "group", "none"):
+        assert UNet(base_channels=4, depth=2, norm=norm)(x).shape == (2, 1, 32, 32)
+
+
+def test_default_unet_size_matches_the_design_budget():
+    assert abs(sum(p.numel() for p in UNet().parameters()) - 1.94e6) < 0.02e6
+
+
+def test_loss_is_small_for_confident_correct_logits():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = dice_bce_loss((target * 2 - 1) * 20, target)
+    bad = dice_bce_loss(-(target * 2 - 1) * 20, target)
+    assert good < 0.01 < 1.0 < bad
+
+
+def test_seg_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="steps"):
+        SegConfig(steps=0)
+    with pytest.raises(ValueError, match="precision"):
+        SegConfig(precision="fp16")
+
+
+def test_precision_resolution(monkeypatch):
+    assert runtime.resolve_precision("fp32", "cpu") is None
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", "cpu") is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", "cpu") is None
+    with pytest.warns(UserWarning, match="slower"):
+        assert runtime.resolve_precision("bf16", "cpu") is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runtime.resolve_precision("half", "cpu")
+
+
+def test_reproducible_restores_threads_and_determinism():
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with runtime.reproducible(threads + 1) as used:
+        assert used == threads + 1 == torch.get_num_threads()
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == det
+    with pytest.raises(ValueError, match="threads"):
+        with runtime.reproducible(0):
+            pass
+
+
+def test_training_learns_and_keeps_the_best_validated_state():
+    train, val = ellipse_patients(3, seed=1), ellipse_patients(2, seed=2, prefix="v")
+    with runtime.reproducible(1):
+        result = train_unet([Pool.of(train)], val, TINY, seed=0)
+        again = train_unet([Pool.of(train)], val, TINY, seed=0)
+    assert [h[0] for h in result.history] == [30, 60]
+    assert result.best_val_dice == max(h[2] for h in result.history) > 0.5
+    assert result.best_step in (30, 60)
+    assert not result.model.training
+    # Bit-for-bit reproducible on CPU.
+    for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="validation"):
+        train_unet([Pool.of(train)], val.select(np.zeros(len(val), bool)), TINY, seed=0)
+    with pytest.raises(ValueError, match="no slices"):
+        Pool.of(train.select(np.zeros(len(train), bool)))
+
+
+def test_prediction_is_stacked_by_slice_index_whatever_the_row_order():
+    test = ellipse_patients(2, seed=3, prefix="t")
+    rng = np.random.default_rng(0)
+    shuffled = test.select(rng.permutation(len(test)))
+    # "Predict" the truth itself: stacking must put every slice back in place.
+    volumes = stack_volumes(shuffled, shuffled.masks.astype(np.float32))
+    for patient, (values, truth) in volumes.items():
+        assert np.array_equal(values > 0.5, truth)
+        rows = test.patient == patient
+        assert np.array_equal(truth, test.masks[rows].astype(bool))
+
+
+def test_score_patients_reports_each_patient():
+    test = ellipse_patients(2, seed=3, prefix="t")
+    net = UNet(base_channels=4, depth=2)
+    scores = score_patients(net, test)
+    assert [s.patient for s in scores] == ["t00", "t01"]
+    assert all(0 <= s.dice <= 1 and s.hd95 >= 0 and s.n_slices == 8 for s in scores)
+
+
+def test_load_or_train_baseline_caches_and_encodes(tmp_path):
+    ctx = make_ctx(tmp_path, noise_set(8, seed=0))
+    kwargs = {"steps": 4, "batch_size": 4, "base_channels": 4, "depth": 2, "val_every": 4, "precision": "fp32"}
+    net = load_or_train_baseline(ctx, seed=0, **kwargs)
+    assert net.encode(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 16, SIZE // 4, SIZE // 4)
+    files = list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))
+    assert len(files) == 1
+    # A fresh context (nothing in memory) loads the same weights from disk.
+    fresh = make_ctx(tmp_path, noise_set(8, seed=0))
+    again = load_or_train_baseline(fresh, seed=0, **kwargs)
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 1
+    # Another seed or config is another baseline.
+    load_or_train_baseline(fresh, seed=1, **kwargs)
+    assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 2
+    with pytest.raises(ValueError, match="unknown segmenter setting"):
+        load_or_train_baseline(fresh, seed=0, step=3)
+
+
+def test_per_patient_plot_is_an_rgb_image():
+    rgb = per_patient_plot(["a", "b", "c"], np.array([0.2, 0.5, 0.9]), np.array([0.3, 0.4, 0.9]))
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    assert (rgb != 255).any()
+    with pytest.raises(ValueError, match="aligned"):
+        per_patient_plot(["a"], np.array([0.1, 0.2]), np.array([0.1]))

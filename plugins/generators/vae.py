@@ -42,13 +42,13 @@ class VAE(Generator):
         spec: DataSpec,
         device: torch.device | str = "cpu",
         *,
-        z_dim: int = 128,  # latent dimensions
+        z_dim: int = 32,  # latent dimensions (few: with a few hundred slices, more dims leave holes in the prior)
         base_channels: int = 16,  # channels at full resolution, doubled per down/up-sampling stage
         max_channels: int = 128,  # channel cap at low resolution
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
         lr: float = 1e-3,  # Adam learning rate
         beta: float = 1.0,  # KL weight (per-pixel KL; higher: smoother latent space, blurrier)
-        kl_warmup_steps: int = 200,  # steps of linear KL warm-up from 0 to beta
+        kl_warmup_steps: int = 100,  # steps of linear KL warm-up from 0 to beta
         image_loss: Literal["l1", "l2"] = "l1",  # reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the image reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)

@@ -56,7 +56,7 @@ class VAEGAN(Generator):
         spec: DataSpec,
         device: torch.device | str = "cpu",
         *,
-        z_dim: int = 128,  # latent dimensions
+        z_dim: int = 32,  # latent dimensions (few: with a few hundred slices, more dims leave holes in the prior)
         base_channels: int = 16,  # generator channels at full resolution, doubled per stage
         max_channels: int = 128,  # generator channel cap
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
@@ -67,7 +67,7 @@ class VAEGAN(Generator):
         lr_d: float = 1e-3,  # Adam learning rate of D (TTUR: faster than G)
         adam_betas: tuple[float, float] = (0.5, 0.999),  # Adam betas of both optimizers
         beta: float = 1.0,  # KL weight (per-pixel KL, as in vae)
-        kl_warmup_steps: int = 200,  # steps of linear KL warm-up from 0 to beta
+        kl_warmup_steps: int = 100,  # steps of linear KL warm-up from 0 to beta
         image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)

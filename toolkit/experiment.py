@@ -258,6 +258,7 @@ def evaluate_prepared(
             continue
         metrics[name] = {
             "values": values,
+            "declared": list(evaluator.metrics),
             "primary": evaluator.primary,
             "higher_is_better": evaluator.higher_is_better,
             "seconds": round(time.perf_counter() - t0, 2),
@@ -342,13 +343,14 @@ def evaluate_run(run_dir: str | Path, evaluators: list[str] | None = None, overr
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A plain-text table of every evaluator's metrics, primary ones marked."""
+    """A plain-text table of each evaluator's declared metrics (all are in results.json), primary marked."""
     rows = []
     for name, m in results.get("evaluation", {}).items():
         if "error" in m:
             rows.append((name, "ERROR", m["error"]))
             continue
-        for key, value in m["values"].items():
+        for key in m.get("declared") or m["values"]:
+            value = m["values"].get(key)
             mark = " *" if key == m["primary"] else ""
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             rows.append((name, key + mark, shown))

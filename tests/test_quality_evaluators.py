@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -226,3 +227,24 @@ def test_bad_settings_fail_clearly(tmp_path):
     ctx.synthetic = slice_set(blob_images(10, size=16, seed=7))
     with pytest.raises(ValueError, match="must match"):
         _run("diversity", ctx)
+
+
+def test_memorization_does_not_call_blurry_averages_copies(tmp_path):
+    """Blurred mean-like slices are near every training slice, but near validation slices too."""
+    from scipy.ndimage import gaussian_filter
+
+    def anatomy(n, seed):  # one shared structure, small per-slice differences, noise
+        rng = np.random.default_rng(seed)
+        base = blob_images(1, seed=0, noise=0.0)[0]
+        return np.clip(base + 0.15 * blob_images(n, seed=seed) + rng.normal(0, 0.2, (n, 32, 32)), -1, 1)
+
+    train, val = anatomy(48, 1).astype(np.float32), anatomy(24, 2).astype(np.float32)
+    blurry = np.stack([gaussian_filter(train[i::8].mean(axis=0), 1) for i in range(8)] * 5).astype(np.float32)
+    ctx = make_ctx(tmp_path, blurry)
+    ctx.train, ctx.val = slice_set(train, name="train"), slice_set(val, name="val")
+    result = _run("memorization", ctx)
+    assert result["near_train_fraction_pixel"] > 0.5  # the absolute test alone would flag them
+    assert result["memorized_fraction_pixel"] <= 0.1
+    copied = dataclasses.replace(ctx, synthetic=slice_set(train[:40], name="synthetic"), run_dir=tmp_path / "c")
+    copies = _run("memorization", copied)
+    assert copies["memorized_fraction_pixel"] >= 0.9

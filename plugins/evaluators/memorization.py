@@ -3,12 +3,23 @@
 For every synthetic slice, the distance to its nearest real training slice
 is compared with the same distance for real validation slices: slices of
 patients the generator never saw, so their nearest-train distances show how
-close an honest new image gets by chance. The threshold is the
-``percentile``-th percentile of those validation distances; a synthetic slice
-below it is flagged. A generator that makes new slices like the validation
-ones flags about ``percentile`` % (reported as ``memorized_expected``); a
-copying one flags far more. The closest pairs are saved side by side
-(TensorBoard and ``run_dir/memorization_pairs.png``) for a look by eye.
+close an honest new image gets by chance. A synthetic slice is flagged as a
+copy when both hold:
+
+- absolute: its nearest-train distance is below the ``percentile``-th
+  percentile of the validation slices' nearest-train distances;
+- relative: its nearest-train distance divided by its nearest-validation
+  distance is below the ``percentile``-th percentile of the same ratio for
+  validation slices (whose nearest-validation neighbour is taken from the
+  other validation patients).
+
+The relative test is what keeps blurry, average-looking samples from being
+called copies: they are close to everything, training and validation slices
+alike (ratio near 1), while a copy is close to one training slice only (ratio
+near 0). A generator that makes new slices like the validation ones flags at
+most about ``percentile`` % (``memorized_expected``); a copying one flags far
+more. The closest pairs are saved side by side (TensorBoard and
+``run_dir/memorization_pairs.png``) for a look by eye.
 
 Distances are RMS pixel differences by default: at 64 x 64 a copy is a
 near-exact pixel match, and pixels need no network. A feature space can be
@@ -34,7 +45,7 @@ from toolkit.registry import EVALUATORS
 class Memorization(Evaluator):
     """Fraction of synthetic slices nearer to a training slice than real new patients are."""
 
-    metrics = ("memorized_fraction_pixel", "memorized_expected", "nn_threshold_pixel",
+    metrics = ("memorized_fraction_pixel", "near_train_fraction_pixel", "memorized_expected", "nn_threshold_pixel",
                "nn_dist_synthetic_median_pixel", "nn_dist_val_median_pixel", "nn_dist_ratio_pixel")
     primary = "memorized_fraction_pixel"
     higher_is_better = False
@@ -61,9 +72,19 @@ class Memorization(Evaluator):
         self.random_seed = random_seed
         self.inception_weights = inception_weights
         f = features
-        self.metrics = (f"memorized_fraction_{f}", "memorized_expected", f"nn_threshold_{f}",
+        self.metrics = (f"memorized_fraction_{f}", f"near_train_fraction_{f}", "memorized_expected", f"nn_threshold_{f}",
                         f"nn_dist_synthetic_median_{f}", f"nn_dist_val_median_{f}", f"nn_dist_ratio_{f}")
         self.primary = f"memorized_fraction_{f}"
+
+    @staticmethod
+    def _val_to_other_val(val: np.ndarray, patients: np.ndarray) -> np.ndarray:
+        """Each validation slice's distance to the nearest slice of another validation patient."""
+        dist = np.full(len(val), np.inf)
+        for patient in np.unique(patients):
+            own = patients == patient
+            if (~own).any():
+                dist[own], _ = nearest_neighbour(val[own], val[~own])
+        return dist
 
     def _vectors(self, ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(train, val, synthetic) vectors in the chosen space, and the synthetic rows used."""
@@ -92,19 +113,27 @@ class Memorization(Evaluator):
         val_dist, _ = nearest_neighbour(val, train)
         fake_dist, fake_nn = nearest_neighbour(fake, train)
         threshold = float(np.percentile(val_dist, self.percentile))
+        # Relative test: near one training slice, not near new patients' slices as well.
+        val_ratio = val_dist / np.maximum(self._val_to_other_val(val, split_slices(ctx, "val").patient), 1e-12)
+        ratio_threshold = float(np.percentile(val_ratio[np.isfinite(val_ratio)], self.percentile)) \
+            if np.isfinite(val_ratio).any() else 0.0
+        fake_ratio = fake_dist / np.maximum(nearest_neighbour(fake, val)[0], 1e-12)
+        flagged = (fake_dist < threshold) & (fake_ratio < ratio_threshold)
         f = self.features
         val_median = float(np.median(val_dist))
         fake_median = float(np.median(fake_dist))
         result = {
-            f"memorized_fraction_{f}": float((fake_dist < threshold).mean()),
+            f"memorized_fraction_{f}": float(flagged.mean()),
+            f"near_train_fraction_{f}": float((fake_dist < threshold).mean()),
             "memorized_expected": self.percentile / 100,
             f"nn_threshold_{f}": threshold,
+            f"nn_ratio_threshold_{f}": ratio_threshold,
             f"nn_dist_synthetic_median_{f}": fake_median,
             f"nn_dist_val_median_{f}": val_median,
             f"nn_dist_ratio_{f}": fake_median / val_median if val_median > 0 else float("nan"),
         }
         if self.pairs_shown:
-            closest = np.argsort(fake_dist, kind="stable")[: self.pairs_shown]
+            closest = np.argsort(fake_ratio, kind="stable")[: self.pairs_shown]
             self._save_pairs(ctx, rows[closest], fake_nn[closest])
         write_record(ctx, f"memorization_{f}", {
             "features": f, "percentile": self.percentile, "n_synthetic": len(fake), "n_train": len(train),

@@ -24,9 +24,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]),
     py_modules=["cli"],
-    include_package_data=True,
-    package_data={"": ["*.yaml"]},
-    data_files=[("configs", ["configs/default.yaml"])],
+    # configs/ stays at the top level (the product brief fixes the layout), so install
+    # editable (pip install -e .): the toolkit reads configs/ beside its own folder.
+    package_data={"toolkit": ["templates/*.tmpl"]},
     install_requires=[
         # The pair that installs on the project's CPU machines without a multi-GB download.
         "torch==2.14.1",

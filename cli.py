@@ -1,0 +1,239 @@
+"""ganseg command line: each command parses, loads config and calls one toolkit function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import toolkit
+
+PROFILES = ("smoke", "quick", "full")
+
+
+def _load_plugins(plugins: tuple[str, ...]) -> None:
+    from toolkit.registry import load_plugin_dir
+
+    for folder in plugins:
+        try:
+            load_plugin_dir(folder)
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+plugins_option = click.option(
+    "--plugins", "plugins", multiple=True, type=click.Path(file_okay=False),
+    help="Folder of extra plugin .py files to load (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(toolkit.__version__, prog_name="ganseg")
+def main() -> None:
+    """Train generators of synthetic prostate MR (image, mask) pairs and rank them by the Dice
+    gain their pairs give a downstream U-Net on held-out real patients."""
+
+
+@main.command("list")
+@plugins_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def list_cmd(plugins: tuple[str, ...], as_json: bool) -> None:
+    """List registered generators and evaluators, where they come from, and plugins that failed to load."""
+    from toolkit.registry import EVALUATORS, GENERATORS
+
+    _load_plugins(plugins)
+    report = {}
+    for label, registry in (("generators", GENERATORS), ("evaluators", EVALUATORS)):
+        entries = []
+        for entry in registry.entries():
+            item = {"name": entry.name, "source": entry.source, "summary": _first_line(entry.obj.__doc__)}
+            if label == "evaluators":
+                item.update(primary=entry.obj.primary, higher_is_better=entry.obj.higher_is_better,
+                            metrics=list(entry.obj.metrics))
+            entries.append(item)
+        report[label] = entries
+    errors = {e.source: e.error for e in GENERATORS.errors + EVALUATORS.errors}
+    report["errors"] = [{"source": s, "error": e} for s, e in errors.items()]
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for label in ("generators", "evaluators"):
+        click.echo(f"{label}:")
+        for item in report[label] or [{"name": "(none)", "source": "", "summary": ""}]:
+            click.echo(f"  {item['name']:<16} {item['summary']}  [{item['source']}]".rstrip())
+    if report["errors"]:
+        click.echo("failed to load:")
+        for item in report["errors"]:
+            click.echo(f"  {item['source']}: {item['error']}")
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
+
+
+def _resolve_config(generator, profile, config_files, overrides, data, device):
+    from toolkit.config import ConfigError, resolve
+
+    overrides = list(overrides)
+    if data is not None:
+        overrides.append(f"data.path={data}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    try:
+        return resolve(generator=generator, profile=profile, config_files=config_files, overrides=overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--generator", "-g", default=None, help="Generator to train (see `list`); default: run.generator of the config.")
+@click.option("--profile", "-p", type=click.Choice(PROFILES), default="quick",
+              help="smoke: seconds, for checks; quick: ~10 min on 2 CPU cores; full: a GPU-length run.")
+@click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Extra YAML config layered over the profile (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value, e.g. --set train.steps=200 (repeatable).")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Folder of real volumes (msd, folders, promise12 layout) or a pairs .csv; default: the embedded phantom.")
+@click.option("--name", default=None, help="Run name; default: <generator>-<timestamp>.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder of run directories.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (overrides train.device).")
+@click.option("--force", is_flag=True, help="Delete and replace an existing run of the same name.")
+@click.option("--resume", is_flag=True, help="Continue the run named by --name from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines on the console.")
+@plugins_option
+def run(generator, profile, config_files, overrides, data, name, out, device, force, resume, dry_run, quiet, plugins):
+    """Train a generator on the training patients, sample a synthetic set and evaluate it.
+
+    Writes runs/<name>/: config.yaml, split.json, log.txt, metrics.jsonl,
+    checkpoints/, synthetic/, results.json and TensorBoard events.
+    """
+    from toolkit.config import ConfigError
+    from toolkit.experiment import RunError, load_run_config, run_experiment, summary_table
+
+    _load_plugins(plugins)
+    if resume:
+        if not name:
+            raise click.ClickException("--resume needs --name NAME of the run to continue (see the runs/ folder)")
+        if generator or config_files or data:
+            raise click.ClickException("--resume continues a run with its saved config; only --set may change it")
+        try:
+            config = load_run_config(Path(out) / name, tuple(overrides))
+        except (ConfigError, RunError) as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        config = _resolve_config(generator, profile, config_files, overrides, data, device)
+    if dry_run:
+        click.echo(config.to_yaml(), nl=False)
+        return
+    try:
+        run_dir = run_experiment(config, out=out, name=name, force=force, resume=resume, quiet=quiet)
+    except (RunError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
+    if not quiet:
+        click.echo("\n" + summary_table(results))
+    click.echo(f"\nResults: {run_dir / 'results.json'}   Synthetic set: {run_dir / 'synthetic'}\n"
+               f"TensorBoard: tensorboard --logdir {Path(out)}")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Run directory to re-evaluate (runs/<name>).")
+@click.option("--evaluators", default=None, help="Comma-separated evaluator names; default: the run's run.evaluators.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config value (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No log lines on the console.")
+@plugins_option
+def evaluate(run_dir, evaluators, overrides, quiet, plugins):
+    """Re-evaluate an existing run's synthetic set with its saved config and split."""
+    from toolkit.config import ConfigError
+    from toolkit.experiment import RunError, evaluate_run, summary_table
+    from toolkit.registry import RegistryError
+
+    _load_plugins(plugins)
+    names = [n.strip() for n in evaluators.split(",") if n.strip()] if evaluators else None
+    try:
+        results = evaluate_run(run_dir, names, tuple(overrides), quiet=quiet)
+    except (ConfigError, RunError, RegistryError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary_table(results))
+
+
+@main.command()
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, exists=True), default="runs",
+              help="Folder holding run directories.")
+@click.option("--evaluator", default="dice_gain", help="Evaluator whose results rank the runs.")
+@click.option("--metric", default=None, help="Metric to rank by; default: the evaluator's primary metric.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def leaderboard(runs_dir, evaluator, metric, as_json):
+    """Rank finished runs by one evaluator's metric, in groups of comparable runs (same data, test patients
+    and evaluator settings); gains whose 95% CI includes 0 are marked."""
+    from toolkit.leaderboard import collect, format_leaderboard, rank
+
+    groups = rank(collect(runs_dir, evaluator), metric)
+    click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
+
+
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",
+              help="Which kind of plugin to write.")
+@click.option("--out", type=click.Path(file_okay=False), default="my_plugins", help="Folder to write NAME.py into.")
+def new_plugin_cmd(name, kind, out):
+    """Write a small working generator or evaluator file to start your own from."""
+    from toolkit.scaffold import new_plugin
+
+    try:
+        path = new_plugin(name, kind, out)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if kind == "generator":
+        use = f"python cli.py run --generator {name} --plugins {out}"
+    else:
+        use = f"python cli.py evaluate --run runs/NAME --evaluators {name} --plugins {out}"
+    click.echo(f"wrote {path}\nlist it: python cli.py list --plugins {out}\nuse it:  {use}\n"
+               f"test it: GANSEG_PLUGINS={out} python -m pytest tests/test_contract.py")
+
+
+@main.group()
+def data() -> None:
+    """Make the embedded phantom data set, or inspect a data folder."""
+
+
+@data.command("phantom")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (msd layout).")
+@click.option("--patients", type=click.IntRange(min=1), default=32, help="Number of phantom patients.")
+@click.option("--seed", type=int, default=0, help="Anatomy seed; the same seed gives the same volumes.")
+def data_phantom(out, patients, seed):
+    """Write the procedural pelvic MR phantom as NIfTI volumes in the Decathlon (msd) layout."""
+    from toolkit.data.phantom import write_phantom
+
+    path = write_phantom(Path(out), n_patients=patients, seed=seed)
+    click.echo(f"wrote {patients} phantom patients to {path}")
+
+
+@data.command("inspect")
+@click.option("--data", "path", required=True, type=click.Path(exists=True),
+              help="Data folder, or a pairs .csv manifest.")
+@click.option("--layout", type=click.Choice(["auto", "msd", "folders", "promise12", "pairs"]), default="auto",
+              help="Data layout; auto detects it.")
+@click.option("--image-name", default=None, help="folders layout: image file name in each patient folder.")
+@click.option("--mask-name", default=None, help="folders layout: mask file name in each patient folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def data_inspect(path, layout, image_name, mask_name, as_json):
+    """Report the layout found, patients, slices, shapes, spacing, label values and class balance."""
+    from toolkit.data import DataError
+    from toolkit.data.inspect import format_inspection, inspect_dataset
+
+    try:
+        info = inspect_dataset(Path(path), layout=layout, image_name=image_name, mask_name=mask_name)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

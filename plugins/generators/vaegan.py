@@ -1,0 +1,189 @@
+"""``vaegan``: the (image, mask) VAE plus a PatchGAN critic, for sharper samples.
+
+Same encoder and decoder as ``vae`` (``toolkit.nn.convvae``), trained against
+a spectral-norm PatchGAN discriminator ``D`` that looks at (image, mask)
+pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
+similarity metric"). Each step:
+
+1. Encode the real pair, decode its reconstruction and, from fresh prior
+   draws ``z ~ N(0, I)``, ``prior_fraction`` times as many prior samples.
+2. D step: adversarial loss (hinge by default) of D on DiffAugment-ed real
+   pairs against the reconstructions and prior samples.
+3. G step (encoder + decoder):
+
+       VAE loss (image L1 + mask BCE + soft Dice + beta * warm-up * KL)
+     + fm_weight  * L1 between D's features of real and reconstructed pairs
+     + adv_weight * adversarial loss of reconstructions and prior samples
+
+   Feature matching through D rewards edges and texture a pixel loss
+   averages away; the adversarial term on *prior* samples trains the decoder
+   on exactly what ``sample`` draws, not only on encoded latents.
+
+For small data, real and fake inputs of D are augmented alike with
+DiffAugment (Zhao et al., 2020); the two-time-scale rule (Heusel et al.,
+2017) gives D a larger learning rate than G. Samples come from an EMA of the
+decoder's weights when ``ema_decay`` > 0. The adversarial terms start after
+``adv_start_step`` steps, once the VAE draws rough shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from toolkit.nn import losses
+from toolkit.nn.convvae import ConvDecoder, ConvEncoder, pair_to_input, reparameterize
+from toolkit.nn.diffaug import DiffAugment
+from toolkit.nn.ema import EMA
+from toolkit.nn.patchgan import PatchGAN
+from toolkit.nn.rng import RandomSource
+from toolkit.plugin import Generator
+from toolkit.registry import GENERATORS
+from toolkit.types import Batch, DataSpec
+
+
+@GENERATORS.register("vaegan")
+class VAEGAN(Generator):
+    """VAE of (image, mask) pairs with a PatchGAN discriminator and feature matching."""
+
+    tiny: ClassVar[dict[str, Any]] = {
+        "base_channels": 4, "max_channels": 16, "z_dim": 8, "d_channels": 4, "d_max_channels": 16,
+    }
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        device: torch.device | str = "cpu",
+        *,
+        z_dim: int = 128,  # latent dimensions
+        base_channels: int = 16,  # generator channels at full resolution, doubled per stage
+        max_channels: int = 128,  # generator channel cap
+        decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
+        d_channels: int = 16,  # discriminator channels after its first convolution
+        d_max_channels: int = 128,  # discriminator channel cap
+        d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
+        lr_g: float = 5e-4,  # Adam learning rate of encoder + decoder
+        lr_d: float = 1e-3,  # Adam learning rate of D (TTUR: faster than G)
+        adam_betas: tuple[float, float] = (0.5, 0.999),  # Adam betas of both optimizers
+        beta: float = 1.0,  # KL weight (per-pixel KL, as in vae)
+        kl_warmup_steps: int = 200,  # steps of linear KL warm-up from 0 to beta
+        image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
+        image_weight: float = 1.0,  # weight of the pixel reconstruction loss
+        mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
+        fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
+        adv_weight: float = 0.1,  # weight of the adversarial loss of G
+        adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
+        adv_start_step: int = 0,  # steps of plain VAE training before D and the GAN terms start
+        diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
+        ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
+        temperature: float = 1.0,  # std of the prior when sampling
+        prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
+    ) -> None:
+        super().__init__(spec, device)
+        for name, value, valid in (("image_loss", image_loss, ("l1", "l2")),
+                                   ("adv_loss", adv_loss, ("hinge", "nonsat"))):
+            if value not in valid:
+                raise ValueError(f"vaegan: {name} must be one of {', '.join(valid)}, got {value!r}")
+        self.z_dim = z_dim
+        self.beta = beta
+        self.kl_warmup_steps = kl_warmup_steps
+        self.image_loss_kind = image_loss
+        self.image_weight = image_weight
+        self.mask_weight = mask_weight
+        self.fm_weight = fm_weight
+        self.adv_weight = adv_weight
+        self.adv_loss_kind = adv_loss
+        self.adv_start_step = adv_start_step
+        self.temperature = temperature
+        self.prior_fraction = prior_fraction
+        size, channels = spec.image_size, spec.channels + 1
+        self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
+        self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth).to(self.device)
+        self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size).to(self.device)
+        g_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
+        self.ema = EMA(self.decoder, ema_decay) if ema_decay > 0 else None
+        # Own random sources (latent noise, augmentation) so a resumed run is bit-for-bit the same.
+        self.noise = RandomSource(device=self.device)
+        self.augment = DiffAugment(diffaug, image_channels=spec.channels, device=self.device)
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        n = len(batch)
+        real = pair_to_input(batch.image, batch.mask)
+        use_gan = step >= self.adv_start_step
+        # 1. Reconstructions and prior samples in one decoder pass.
+        with self.autocast():
+            mu, logvar = self.encoder(real)
+            mu, logvar = mu.float(), logvar.float()
+            z = torch.cat([reparameterize(mu, logvar, self.noise.randn(n, self.z_dim)),
+                           self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim)])
+            image, logits = self.decoder(z)
+        image, logits = image.float(), logits.float()
+        fake = pair_to_input(image, torch.sigmoid(logits))  # D sees mask probabilities
+        recon, prior = fake[:n], fake[n:]
+
+        # 2. D step: real pairs against reconstructions and prior samples, all augmented.
+        stats: dict[str, float] = {}
+        if use_gan:
+            self.discriminator.requires_grad_(True)
+            with self.autocast():
+                (real_aug,) = self.augment(real)
+                (fake_aug,) = self.augment(fake.detach())
+                d_real = self.discriminator(real_aug)[0].float()
+                d_fake = self.discriminator(fake_aug)[0].float()
+            d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            stats.update(d_loss=d_loss.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+
+        # 3. G step: VAE loss + feature matching + adversarial, D frozen.
+        l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
+        l_bce, l_dice = losses.mask_loss(logits[:n], batch.mask)
+        l_kl = losses.kl_per_pixel(mu, logvar, batch.image[0, 0].numel())
+        kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
+        loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
+        if use_gan:
+            self.discriminator.requires_grad_(False)
+            with self.autocast():
+                real_aug, recon_aug = self.augment(real, recon)  # same transform: features comparable
+                (prior_aug,) = self.augment(prior)
+                with torch.no_grad():
+                    _, f_real = self.discriminator(real_aug)
+                d_recon, f_recon = self.discriminator(recon_aug)
+                d_prior, _ = self.discriminator(prior_aug)
+            l_fm = losses.feature_matching_loss([f.float() for f in f_real], [f.float() for f in f_recon])
+            l_adv = 0.5 * (losses.g_adv_loss(d_recon.float(), self.adv_loss_kind)
+                           + losses.g_adv_loss(d_prior.float(), self.adv_loss_kind))
+            loss = loss + self.fm_weight * l_fm + self.adv_weight * l_adv
+            stats.update(g_fm=l_fm.item(), g_adv=l_adv.item())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.decoder)
+        stats.update(loss=loss.item(), image=l_image.item(), mask_bce=l_bce.item(), mask_dice=l_dice.item(),
+                     kl=l_kl.item(), kl_weight=kl_weight)
+        return stats
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
+        """Decode ``n`` prior draws (latents drawn on the CPU with ``generator``), EMA decoder if kept."""
+        decoder = self.ema.module if self.ema is not None else self.decoder
+        z = torch.randn(n, self.z_dim, generator=generator) * self.temperature
+        size, c = self.spec.image_size, self.spec.channels
+        images, masks_out = [torch.empty(0, c, size, size)], [torch.empty(0, 1, size, size)]
+        for chunk in z.split(256):
+            with self.autocast():
+                image, logits = decoder(chunk.to(self.device))
+            images.append(image.float().clamp(-1.0, 1.0).cpu())
+            masks_out.append((logits.float() > 0).float().cpu())
+        return Batch(torch.cat(images), torch.cat(masks_out), None)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from toolkit.config import ConfigError, check_type, parse_override, resolve
+
+# Tests use only the test-only plugins, whatever built-ins exist.
+TOY = ["run.evaluators=[toy_stats]"]
+
+
+def test_layers_merge_in_order(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("train:\n  steps: 7\n  batch_size: 3\n")
+    cfg = resolve(generator="toy", profile="smoke", config_files=[user], overrides=[*TOY, "train.steps=9"])
+    assert cfg["train"]["steps"] == 9  # --set beats the user file
+    assert cfg["train"]["batch_size"] == 3  # the user file beats the profile
+    assert cfg["split"]["n_train_patients"] == 4  # the profile beats the defaults
+    assert cfg["data"]["image_size"] == 64  # defaults fill the rest
+    assert cfg["run"]["generator"] == "toy"
+    assert cfg.source_of("train.steps") == "--set train.steps=9"
+    assert cfg.source_of("train.batch_size") == str(user)
+
+
+def test_generator_layer_applies(tmp_path):
+    configs = tmp_path / "configs"
+    (configs / "profiles").mkdir(parents=True)
+    (configs / "generators").mkdir()
+    import shutil
+
+    from toolkit.config import CONFIG_DIR
+
+    shutil.copy(CONFIG_DIR / "default.yaml", configs / "default.yaml")
+    (configs / "profiles" / "quick.yaml").write_text("train:\n  steps: 5\n")
+    (configs / "generators" / "toy.yaml").write_text("generator:\n  latent_dim: 3\ntrain:\n  steps: 6\n")
+    cfg = resolve(generator="toy", config_dir=configs, overrides=[*TOY, "generator.lr=0.5"])
+    assert cfg["generator"] == {"latent_dim": 3, "lr": 0.5}
+    assert cfg["train"]["steps"] == 6
+    assert cfg.source_of("generator.latent_dim") == "configs/generators/toy.yaml"
+
+
+def test_set_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError) as info:
+        resolve(generator="toy", overrides=[*TOY, "generator.lr=abc"])
+    message = str(info.value)
+    assert "generator.lr" in message and "float" in message and "'abc'" in message and "--set" in message
+
+
+def test_set_unknown_plugin_key_names_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        resolve(generator="toy", overrides=[*TOY, "generator.no_such_key=1"])
+    message = str(info.value)
+    assert "generator.no_such_key" in message
+    assert "latent_dim" in message and "lr" in message
+
+
+def test_unknown_core_key_suggests_closest(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("train:\n  stepz: 10\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(generator="toy", config_files=[user], overrides=TOY)
+    message = str(info.value)
+    assert "train.stepz" in message and str(user) in message and "Did you mean 'steps'?" in message
+
+
+def test_core_type_errors():
+    with pytest.raises(ConfigError, match="train.steps.*integer"):
+        resolve(generator="toy", overrides=[*TOY, "train.steps=1.5"])
+    with pytest.raises(ConfigError, match="run.tiny.*true or false"):
+        resolve(generator="toy", overrides=[*TOY, "run.tiny=3"])
+    # int is accepted where the default is a float
+    assert resolve(generator="toy", overrides=[*TOY, "run.synthetic_ratio=2"])["run"]["synthetic_ratio"] == 2
+
+
+def test_unknown_generator_and_evaluator():
+    with pytest.raises(ConfigError, match="Did you mean 'toy'"):
+        resolve(generator="tooy", overrides=TOY)
+    with pytest.raises(ConfigError, match="unknown evaluator 'nope'"):
+        resolve(generator="toy", overrides=["run.evaluators=[nope]"])
+    with pytest.raises(ConfigError, match="evaluators.toy_stats.scal"):
+        resolve(generator="toy", overrides=["run.evaluators=[toy_stats]", "evaluators.toy_stats.scal=2"])
+
+
+def test_unknown_profile_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'quik'.*quick"):
+        resolve(generator="toy", profile="quik")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve(generator="toy", config_files=[bad])
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        resolve(generator="toy", config_files=[lst])
+
+
+@pytest.mark.parametrize("expr", ["novalue", "=3", "a..b=1"])
+def test_bad_override_syntax(expr):
+    with pytest.raises(ConfigError, match="--set"):
+        parse_override(expr)
+
+
+def test_check_type():
+    from typing import Literal, Optional
+
+    assert check_type(1, float) and not check_type(True, int) and not check_type("x", float)
+    assert check_type(None, Optional[int]) and check_type(3, Optional[int])  # noqa: UP045
+    assert check_type(None, int | None) and not check_type("x", int | None)
+    assert check_type("a", Literal["a", "b"]) and not check_type("c", Literal["a", "b"])
+    assert check_type([1, 2], list[int]) and not check_type([1, "x"], list[int])
+    assert check_type([1, 2], tuple[int, int]) and not check_type([1], tuple[int, int])
+
+
+def test_cli_set_errors_are_clean():
+    runner = CliRunner()
+    for expr, expected in [("generator.lr=abc", "generator.lr"), ("generator.no_such_key=1", "no_such_key")]:
+        result = runner.invoke(main, ["run", "--generator", "toy", "--set", TOY[0], "--set", expr, "--dry-run"])
+        assert result.exit_code == 1, result.output
+        assert "Error:" in result.output and expected in result.output
+        assert "Traceback" not in result.output
+
+
+def test_dry_run_prints_resolved_config():
+    result = CliRunner().invoke(main, ["run", "-g", "toy", "-p", "smoke", "--set", TOY[0], "--set", "train.steps=3", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert printed["train"]["steps"] == 3 and printed["run"]["generator"] == "toy"

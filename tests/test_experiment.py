@@ -1,0 +1,100 @@
+"""End to end through the CLI on the smoke profile: phantom data, test-only plugins."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from toolkit.data.slices import SliceSet
+
+TOY = ["--set", "run.evaluators=[toy_stats]", "--set", "data.phantom_patients=8"]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("phantom-cache")
+
+
+@pytest.fixture
+def cli(shared_cache, monkeypatch, tmp_path):
+    """Invoke the CLI with one phantom cache for the whole module (it is generated once)."""
+    monkeypatch.setenv("GANSEG_CACHE", str(shared_cache))
+
+    def invoke(*args):
+        result = CliRunner().invoke(main, [*args], catch_exceptions=False)
+        return result
+
+    return invoke
+
+
+def run_args(tmp_path, name="r1", generator="toy", *extra):
+    return ["run", "-g", generator, "-p", "smoke", "--out", str(tmp_path), "--name", name, "-q", *TOY, *extra]
+
+
+def test_run_writes_every_stage(cli, tmp_path):
+    result = cli(*run_args(tmp_path))
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "r1"
+    for name in ("config.yaml", "split.json", "log.txt", "metrics.jsonl", "results.json",
+                 "checkpoints/last.pt", "synthetic/synthetic.npz", "synthetic/grid.png"):
+        assert (run_dir / name).exists(), name
+    assert f"tensorboard --logdir {tmp_path}" in result.output
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["train"]["steps"] == 4
+    assert "mean_gap" in results["evaluation"]["toy_stats"]["values"]
+    synthetic = SliceSet.load(run_dir / "synthetic" / "synthetic.npz")
+    assert len(synthetic) == results["data"]["train_slices"] == results["synthetic"]["n"]
+    assert set(np.unique(synthetic.masks)) <= {0, 1}
+    split = json.loads((run_dir / "split.json").read_text())["patients"]
+    assert len(split["train"]) == 4 and not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["generator"] == "toy"
+
+
+def test_existing_run_is_never_overwritten_silently(cli, tmp_path):
+    assert cli(*run_args(tmp_path)).exit_code == 0
+    marker = tmp_path / "r1" / "keep.txt"
+    marker.write_text("mine")
+    again = cli(*run_args(tmp_path))
+    assert again.exit_code != 0 and "already exists" in again.output and "--resume" in again.output
+    assert marker.exists()
+    forced = cli(*run_args(tmp_path, "r1", "toy", "--force"))
+    assert forced.exit_code == 0 and not marker.exists()
+
+
+def test_resume_extends_training_and_evaluate_rescores(cli, tmp_path):
+    assert cli(*run_args(tmp_path)).exit_code == 0
+    resumed = cli("run", "--resume", "--name", "r1", "--out", str(tmp_path), "-q", "--set", "train.steps=6")
+    assert resumed.exit_code == 0, resumed.output
+    results = json.loads((tmp_path / "r1" / "results.json").read_text())
+    assert results["train"]["resumed_from"] == 4 and results["train"]["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r1" / "metrics.jsonl").read_text().splitlines()
+             if "loss/loss" in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+    evaluated = cli("evaluate", "--run", str(tmp_path / "r1"), "-q")
+    assert evaluated.exit_code == 0 and "mean_gap" in evaluated.output
+
+
+def test_resume_errors_are_clear(cli, tmp_path):
+    missing = cli("run", "--resume", "--name", "nope", "--out", str(tmp_path))
+    assert missing.exit_code != 0 and "not a run directory" in missing.output
+    mixed = cli("run", "--resume", "--name", "r1", "-g", "toy", "--out", str(tmp_path))
+    assert mixed.exit_code != 0 and "only --set" in mixed.output
+
+
+def test_mask_to_image_generator_gets_masks(cli, tmp_path):
+    result = cli(*run_args(tmp_path, "m2i", "toy_mask2image"))
+    assert result.exit_code == 0, result.output
+    synthetic = SliceSet.load(tmp_path / "m2i" / "synthetic" / "synthetic.npz")
+    assert synthetic.has_gland().mean() > 0.3  # deformed real masks, not empty ones
+
+
+def test_evaluate_without_synthetic_set_says_what_to_do(cli, tmp_path):
+    assert cli(*run_args(tmp_path)).exit_code == 0
+    (tmp_path / "r1" / "synthetic" / "synthetic.npz").unlink()
+    result = cli("evaluate", "--run", str(tmp_path / "r1"))
+    assert result.exit_code != 0 and "--resume" in result.output

@@ -1,0 +1,193 @@
+"""Model-specific tests of the ``vae`` and ``vaegan`` generators and their shared pieces.
+
+The registry-wide contract test (shapes, ranges, determinism of every
+plugin) lives elsewhere; these check what is particular to these models:
+they learn on a simple synthetic task, their masks are binary, a checkpoint
+resumes bit-for-bit (including EMA, augmentation and noise state), and the
+larger image sizes build.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from toolkit.nn.diffaug import DiffAugment, parse_policy
+from toolkit.nn.ema import EMA
+from toolkit.nn.patchgan import PatchGAN
+from toolkit.registry import GENERATORS
+from toolkit.types import Batch, DataSpec
+
+NAMES = ("vae", "vaegan")
+LR_FAST = {"vae": {"lr": 5e-3}, "vaegan": {"lr_g": 5e-3}}  # learn visibly within 30 steps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine extra threads only wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def ellipse_pairs(n: int, size: int, seed: int = 0) -> Batch:
+    """Ellipse gland masks with a matching bright blob inside a grey body, on black."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    cy, cx = (torch.rand(n, 1, 1, generator=g) - 0.5) * 0.6, (torch.rand(n, 1, 1, generator=g) - 0.5) * 0.6
+    ay, ax = 0.2 + 0.2 * torch.rand(n, 1, 1, generator=g), 0.2 + 0.2 * torch.rand(n, 1, 1, generator=g)
+    theta = torch.rand(n, 1, 1, generator=g) * math.pi
+    dy, dx = yy - cy, xx - cx
+    u = (torch.cos(theta) * dx + torch.sin(theta) * dy) / ax
+    v = (-torch.sin(theta) * dx + torch.cos(theta) * dy) / ay
+    mask = (u**2 + v**2 <= 1).float().unsqueeze(1)
+    body = ((xx / 0.9) ** 2 + (yy / 0.75) ** 2 <= 1).float()
+    image = -1 + 0.8 * body + 0.9 * mask + 0.05 * torch.randn(n, 1, size, size, generator=g)
+    return Batch(image.clamp(-1, 1), mask, torch.rand(n, 2, generator=g))
+
+
+def build(name: str, size: int = 16, **overrides) -> object:
+    cls = GENERATORS.get(name)
+    return cls(DataSpec(image_size=size), "cpu", **{**cls.tiny, **overrides})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_finite_and_decrease(name: str) -> None:
+    torch.manual_seed(0)
+    data = ellipse_pairs(64, 16)
+    gen = build(name, kl_warmup_steps=10, **LR_FAST[name])
+    history = []
+    for step in range(30):
+        idx = torch.arange(step * 16, step * 16 + 16) % 64
+        out = gen.train_step(Batch(data.image[idx], data.mask[idx]), step)
+        assert all(math.isfinite(v) for v in out.values()), out
+        history.append(out)
+    for key in ("image", "mask_bce", "mask_dice"):
+        first = sum(h[key] for h in history[:5]) / 5
+        last = sum(h[key] for h in history[-5:]) / 5
+        assert last < 0.8 * first, f"{name}: {key} went from {first:.4f} to {last:.4f}"
+    if name == "vaegan":
+        assert {"d_loss", "g_adv", "g_fm"} <= set(history[-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_binary_masks_in_range_and_seeded(name: str) -> None:
+    torch.manual_seed(0)
+    gen = build(name)
+    gen.train_step(ellipse_pairs(8, 16), 0)
+    out = gen.sample(5, generator=torch.Generator().manual_seed(3))
+    assert out.image.shape == (5, 1, 16, 16) and out.mask.shape == (5, 1, 16, 16)
+    assert out.image.device.type == "cpu" and out.image.dtype == torch.float32
+    assert out.image.min() >= -1 and out.image.max() <= 1
+    assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
+    again = gen.sample(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out.image, again.image) and torch.equal(out.mask, again.mask)
+    other = gen.sample(5, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(out.image, other.image)
+    assert len(gen.sample(0)) == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip_gives_identical_next_steps(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    data = ellipse_pairs(16, 16)
+    first, second = Batch(data.image[:8], data.mask[:8]), Batch(data.image[8:], data.mask[8:])
+    extra = {"ema_decay": 0.9} if name == "vae" else {}
+    gen = build(name, **extra)
+    for step in range(3):
+        gen.train_step(first, step)
+    path = tmp_path / "ckpt.pt"
+    torch.save(gen.state_dict(), path)
+    expected = [gen.train_step(second, 3), gen.train_step(first, 4)]
+    expected_sample = gen.sample(4, generator=torch.Generator().manual_seed(1))
+
+    # A fresh model under a different global seed: only the checkpoint may carry state.
+    torch.manual_seed(123)
+    resumed = build(name, **extra)
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    got = [resumed.train_step(second, 3), resumed.train_step(first, 4)]
+    assert got == expected
+    got_sample = resumed.sample(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got_sample.image, expected_sample.image)
+    assert torch.equal(got_sample.mask, expected_sample.mask)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [128, 256])
+def test_large_sizes_build_and_sample(name: str, size: int) -> None:
+    gen = build(name, size=size)
+    out = gen.sample(2, generator=torch.Generator().manual_seed(0))
+    assert out.image.shape == (2, 1, size, size)
+
+
+def test_default_config_builds_at_128() -> None:
+    for name in NAMES:
+        gen = GENERATORS.get(name)(DataSpec(image_size=128))
+        assert gen.sample(1).image.shape == (1, 1, 128, 128)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_settings_fail_clearly(name: str) -> None:
+    with pytest.raises(ValueError, match="image_size must be a power of two"):
+        build(name, size=48)
+    with pytest.raises(ValueError, match="image_loss"):
+        build(name, image_loss="l3")
+
+
+def test_vaegan_bad_diffaug_policy_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="color, translation, cutout"):
+        build("vaegan", diffaug="color,rotate")
+
+
+def test_diffaug_same_transform_for_every_tensor_and_resumable() -> None:
+    pair = ellipse_pairs(6, 16)
+    x = torch.cat([pair.image, pair.mask * 2 - 1], 1)
+    aug = DiffAugment("translation,cutout", seed=0)
+    state = aug.state_dict()
+    a, b = aug(x, x.clone())
+    assert torch.equal(a, b)  # one draw of parameters per call, applied to both
+    assert not torch.equal(a, x)
+    # Geometric transforms keep the mask binary in its encoding, -1 or 1.
+    assert set(a[:, 1].unique().tolist()) <= {-1.0, 1.0}
+    aug.load_state_dict(state)
+    (again,) = aug(x)
+    assert torch.equal(again, a)
+
+
+def test_diffaug_color_leaves_masks_alone_and_is_differentiable() -> None:
+    pair = ellipse_pairs(4, 16)
+    x = torch.cat([pair.image, pair.mask * 2 - 1], 1).requires_grad_()
+    (out,) = DiffAugment("color,translation", seed=1)(x)
+    assert set(out[:, 1].unique().tolist()) <= {-1.0, 1.0}
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert parse_policy("none") == ()
+    (same,) = DiffAugment("none")(x)
+    assert same is x
+
+
+def test_ema_tracks_weights_and_round_trips() -> None:
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(net)
+    assert not torch.equal(ema.module.weight, before)
+    assert not ema.module.weight.requires_grad
+    copy = EMA(torch.nn.Linear(3, 2), decay=0.9)
+    copy.load_state_dict(ema.state_dict())
+    assert torch.equal(copy.module.weight, ema.module.weight) and copy.num_updates == 1
+    with pytest.raises(ValueError, match="decay"):
+        EMA(net, decay=1.0)
+
+
+def test_patchgan_logit_map_and_features() -> None:
+    d = PatchGAN(2, 64, base_channels=8, max_channels=16, patch_size=8)
+    logits, feats = d(torch.randn(3, 2, 64, 64))
+    assert logits.shape == (3, 1, 8, 8) and len(feats) >= 3
+    with pytest.raises(ValueError, match="patch_size"):
+        PatchGAN(2, 64, patch_size=6)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from tests.conftest import make_slices
+from toolkit.registry import GENERATORS
+from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.loop import TrainingDiverged, batch_indices, checkpoint_path, train_generator
+from toolkit.train.runlog import RunLog
+from toolkit.train.sampling import deformed_masks, make_sampler
+from toolkit.train.seeding import rng_state, seed_everything, set_rng_state
+from toolkit.types import DataSpec
+
+CFG = {"steps": 6, "batch_size": 4, "log_every": 2, "sample_every": 3, "checkpoint_every": 3}
+
+
+def toy(size=32):
+    seed_everything(0)
+    return GENERATORS.get("toy")(DataSpec(image_size=size), latent_dim=4)
+
+
+def test_batch_indices_cover_each_epoch_and_shard_by_rank():
+    n, bs = 10, 4
+    rows = torch.cat([batch_indices(s, n, bs, seed=1) for s in range(5)])  # 20 rows = 2 epochs
+    assert sorted(rows[:10].tolist()) == list(range(10))
+    assert sorted(rows[10:].tolist()) == list(range(10))
+    assert torch.equal(batch_indices(3, n, bs, seed=1), batch_indices(3, n, bs, seed=1))
+    assert not torch.equal(batch_indices(0, n, bs, seed=1), batch_indices(0, n, bs, seed=2))
+    r0, r1 = batch_indices(0, 8, 4, seed=0, rank=0, world_size=2), batch_indices(0, 8, 4, seed=0, rank=1, world_size=2)
+    assert sorted(torch.cat([r0, r1]).tolist()) == list(range(8))
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    gen = toy()
+    step_fn = gen.train_step
+    gen.train_step = lambda batch, step: {"loss_g": float("nan")} if step == 4 else step_fn(batch, step)
+    data = make_slices()
+    runlog = RunLog(tmp_path, quiet=True)
+    with pytest.raises(TrainingDiverged) as info:
+        train_generator(gen, data, CFG, tmp_path, runlog, make_sampler(gen, data), progress=False)
+    message = str(info.value)
+    assert "step 4" in message and "'loss_g'" in message and "nan" in message and "last.pt" in message
+    state = load_checkpoint(checkpoint_path(tmp_path))
+    assert state["step"] == 3
+    fresh = toy()
+    fresh.load_state_dict(state["generator"])
+    assert all(torch.isfinite(p).all() for p in fresh.net.parameters())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(path.parent) == ["last.pt"], "temporary files must not be left behind"
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="last.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    seed_everything(5)
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
+    gen = toy()
+    data = make_slices()
+    writer = SummaryWriter(str(tmp_path))
+    runlog = RunLog(tmp_path, writer, quiet=True)
+    train_generator(gen, data, CFG, tmp_path, runlog, make_sampler(gen, data), progress=False)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "loss/loss" in tags["scalars"]
+    assert [e.step for e in events.Scalars("loss/loss")] == [2, 4, 6]
+    assert all(math.isfinite(e.value) for e in events.Scalars("loss/loss"))
+    assert "samples/real_vs_synthetic" in tags["images"]
+    image = events.Images("samples/real_vs_synthetic")[-1]
+    assert image.step == 6 and image.width > image.height  # real grid left, synthetic right
+    assert {"mask_area/real", "mask_area/synthetic"} <= set(tags["histograms"])
+
+
+def test_deformed_masks_stay_binary_and_vary():
+    masks = make_slices().to_batch().mask
+    out = deformed_masks(masks, torch.Generator().manual_seed(0))
+    assert out.shape == masks.shape
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(out, masks)
+    assert out.sum() > 0.5 * masks.sum()

@@ -1,0 +1,87 @@
+"""``data inspect``: what the loaders find in a folder, before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data.errors import DataError
+from toolkit.data.layouts import find_cases
+from toolkit.data.preprocess import check_labels, check_pair, pick_channel
+from toolkit.data.volumes import Volume, read_volume
+
+
+def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
+    """Read every case and summarise it; bad files raise :class:`DataError` naming them.
+
+    Args:
+        path: data folder (or .csv manifest for the pairs layout).
+        layout: ``auto`` or a layout name.
+        **data_cfg: other ``data`` config keys (image_name, mask_name, msd_channel).
+
+    Returns:
+        ``layout``, ``path``, ``patients`` (count), ``slices`` (total axial
+        slices), ``gland_slices``, ``shapes`` / ``spacings`` (distinct canonical
+        values with counts), ``label_values`` (sorted, over all masks),
+        ``foreground_fraction`` (gland voxels / all voxels), ``empty_masks``
+        (patients without foreground) and ``cases`` (per patient details).
+    """
+    channel = int(data_cfg.get("msd_channel", 0))
+    layout, cases = find_cases(Path(path), layout, data_cfg.get("image_name"), data_cfg.get("mask_name"), channel)
+    shapes: dict[str, int] = {}
+    spacings: dict[str, int] = {}
+    labels: set[int] = set()
+    fg = total = slices = gland_slices = 0
+    per_case, empty = [], []
+    for case in cases:
+        image, mask = read_volume(case.image), read_volume(case.mask)
+        arr = pick_channel(image, channel)
+        check_pair(Volume(arr, image.affine, image.path), mask)
+        lab = check_labels(mask, case.allowed_labels)
+        gland = lab > 0
+        shape = "x".join(str(n) for n in arr.shape)
+        spacing = " x ".join(f"{v:.3g}" for v in image.spacing)
+        shapes[shape] = shapes.get(shape, 0) + 1
+        spacings[spacing] = spacings.get(spacing, 0) + 1
+        case_labels = sorted(int(v) for v in np.unique(lab))
+        labels.update(case_labels)
+        n_gland = int(gland.any(axis=(0, 1)).sum())
+        slices += arr.shape[2]
+        gland_slices += n_gland
+        fg += int(gland.sum())
+        total += gland.size
+        if not gland.any():
+            empty.append(case.patient)
+        per_case.append({"patient": case.patient, "image": str(case.image), "mask": str(case.mask),
+                         "shape": shape, "spacing": spacing, "labels": case_labels, "slices": int(arr.shape[2]),
+                         "gland_slices": n_gland, "channels": int(image.array.shape[3]) if image.array.ndim == 4 else 1,
+                         "intensity_range": [float(arr.min()), float(arr.max())]})
+    if not per_case:
+        raise DataError(f"{path}: no cases found")
+    return {"layout": layout, "path": str(path), "patients": len(cases), "slices": slices,
+            "gland_slices": gland_slices, "shapes": shapes, "spacings": spacings, "label_values": sorted(labels),
+            "foreground_fraction": fg / max(total, 1), "empty_masks": empty, "cases": per_case}
+
+
+def format_inspection(info: dict) -> str:
+    """A short human-readable report of :func:`inspect_dataset`'s result."""
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} ({v})" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+    lines = [
+        f"data:        {info['path']}",
+        f"layout:      {info['layout']}",
+        f"patients:    {info['patients']}",
+        f"slices:      {info['slices']} axial ({info['gland_slices']} with gland)",
+        f"shapes:      {counts(info['shapes'])}   (canonical RAS voxel order, x y z)",
+        f"spacing mm:  {counts(info['spacings'])}",
+        f"labels:      {info['label_values']}   (> 0 is the gland)",
+        f"class balance: gland {100 * info['foreground_fraction']:.2f}% of voxels",
+    ]
+    ranges = [c["intensity_range"] for c in info["cases"]]
+    lines.append(f"intensities: max per volume from {min(r[1] for r in ranges):g} to {max(r[1] for r in ranges):g}"
+                 f" (normalised per volume)")
+    if info["empty_masks"]:
+        lines.append(f"EMPTY masks: {', '.join(info['empty_masks'])} (data.empty_mask: skip leaves them out)")
+    return "\n".join(lines)

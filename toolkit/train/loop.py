@@ -1,0 +1,170 @@
+"""The generator training loop: seed, build, resume, loop, periodic maintenance.
+
+Generators own networks, optimizers and losses; this loop owns data
+iteration, device placement, logging, sample grids, checkpoints and timing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from toolkit.data.slices import SliceSet
+from toolkit.plugin import Generator
+from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.distributed import DistInfo, average_gradients_before_step, broadcast_modules
+from toolkit.train.runlog import RunLog
+from toolkit.train.sampling import Sampler
+from toolkit.train.seeding import rng_state, seed_everything, set_rng_state
+from toolkit.train.visuals import pair_grid, side_by_side
+from toolkit.types import Batch
+
+CHECKPOINT_NAME = "last.pt"
+GRID_SIZE = 32  # pairs per sample grid
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Row indices of ``step``'s batch: epochs of seeded permutations, sharded by rank.
+
+    A pure function of (seed, step), so a resumed run sees exactly the batches
+    an uninterrupted one would, with no sampler state to save.
+    """
+    global_batch = batch_size * world_size
+    start = step * global_batch + rank * batch_size
+    positions = torch.arange(start, start + batch_size)
+    epochs, offsets = positions // n, positions % n
+    rows = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        sel = epochs == epoch
+        rows[sel] = perm[offsets[sel]]
+    return rows
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / CHECKPOINT_NAME
+
+
+def train_generator(
+    gen: Generator,
+    train: SliceSet,
+    train_cfg: dict[str, Any],
+    run_dir: Path,
+    runlog: RunLog,
+    sampler: Sampler,
+    seed: int = 0,
+    resume: bool = False,
+    dist_info: DistInfo = DistInfo(),
+    progress: bool = True,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Train ``gen`` on ``train`` for ``train_cfg["steps"]`` steps.
+
+    Returns:
+        A summary: steps done, last logged losses, seconds, steps per second.
+
+    Raises:
+        TrainingDiverged: a loss was NaN or inf (the message names step and loss).
+    """
+    steps = int(train_cfg["steps"])
+    batch_size = int(train_cfg["batch_size"])
+    log_every, sample_every, checkpoint_every = (int(train_cfg[k]) for k in ("log_every", "sample_every", "checkpoint_every"))
+    if len(train) == 0:
+        raise ValueError("no training slices: check data.slices and split settings")
+    ckpt = checkpoint_path(run_dir)
+    writer = runlog.writer
+
+    # Build: every rank starts from rank 0's weights; gradients are averaged before each step.
+    if dist_info.enabled:
+        broadcast_modules(gen.modules())
+        hooks = average_gradients_before_step(gen.optimizers())
+
+    # Resume: networks, optimizers, EMA and RNG states from the last checkpoint.
+    start = 0
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, map_location=gen.device)
+        gen.load_state_dict(state["generator"])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+        runlog.truncate_after(start)
+        runlog.info(f"resumed from {ckpt} at step {start}")
+    else:
+        seed_everything(seed + dist_info.rank)
+
+    # Data lives on the device for the whole run: 2D slice sets are small.
+    data = train.to_batch().to(gen.device)
+    if channels_last:
+        data.image = data.image.contiguous(memory_format=torch.channels_last)
+        data.mask = data.mask.contiguous(memory_format=torch.channels_last)
+    preview = torch.Generator().manual_seed(seed + 7)
+    real = train.to_batch(torch.randperm(len(train), generator=preview)[:GRID_SIZE].numpy())
+    if writer is not None and dist_info.is_main and start == 0:
+        writer.add_histogram("mask_area/real", real.mask.mean(dim=(1, 2, 3)), 0)
+
+    gen.train()
+    window: dict[str, list[float]] = {}
+    last_logged: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
+               disable=not (progress and dist_info.is_main), dynamic_ncols=True)
+    for step in bar:
+        # One optimisation step on this step's batch.
+        rows = batch_indices(step, len(train), batch_size, seed, dist_info.rank, dist_info.world_size).to(gen.device)
+        batch = Batch(data.image[rows], data.mask[rows], data.cond[rows])
+        losses = gen.train_step(batch, step)
+        for name, value in losses.items():
+            value = float(value)
+            if not math.isfinite(value):
+                good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"step {step}: loss '{name}' is {value}. Training stopped; {good}. "
+                    "Lower the learning rate or enable EMA, then run again (or --resume)."
+                )
+            window.setdefault(name, []).append(value)
+        done = step + 1
+
+        # Log: mean of each loss over the window.
+        if done % log_every == 0 or done == steps:
+            last_logged = {k: sum(v) / len(v) for k, v in window.items()}
+            window.clear()
+            if dist_info.is_main:
+                runlog.scalars(done, last_logged, prefix="loss/")
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(last_logged.items())[:4]})
+
+        # Samples: a fixed-seed grid, comparable across steps.
+        if dist_info.is_main and writer is not None and (done % sample_every == 0 or done == steps):
+            fake = sampler(GRID_SIZE, torch.Generator().manual_seed(seed + 11))
+            writer.add_image("samples/real_vs_synthetic", real_vs_synthetic_grid(real, fake), done)
+            writer.add_histogram("mask_area/synthetic", fake.mask.mean(dim=(1, 2, 3)), done)
+
+        # Checkpoint: atomic, with RNG states so a resumed run continues exactly.
+        if dist_info.is_main and (done % checkpoint_every == 0 or done == steps):
+            save_checkpoint({"step": done, "generator": gen.state_dict(), "rng": rng_state()}, ckpt)
+    bar.close()
+    if dist_info.enabled:
+        for hook in hooks:
+            hook.remove()
+
+    seconds = time.perf_counter() - t0
+    trained = steps - start
+    return {
+        "steps": steps,
+        "resumed_from": start,
+        "seconds": round(seconds, 2),
+        "steps_per_second": round(trained / seconds, 3) if seconds > 0 and trained else None,
+        "losses": last_logged,
+    }
+
+
+def real_vs_synthetic_grid(real: Batch, fake: Batch) -> torch.Tensor:
+    """Real pairs (left) next to synthetic ones (right), masks outlined."""
+    return side_by_side(pair_grid(real.image, real.mask), pair_grid(fake.image, fake.mask))

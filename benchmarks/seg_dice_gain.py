@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--controls", default="", help="comma-separated control arms")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # per-arm progress
     controls = [c for c in args.controls.split(",") if c]
 
     train = stand_in(4, 1, "train")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,15 @@ def test_per_patient_plot_is_an_rgb_image():
     assert (rgb != 255).any()
     with pytest.raises(ValueError, match="aligned"):
         per_patient_plot(["a"], np.array([0.1, 0.2]), np.array([0.1]))
+
+
+def test_bf16_autocast_path_trains_and_predicts():
+    # Emulated on CPUs without native bf16 (slow, hence 2 steps): checks dtypes flow end to end.
+    train, val = ellipse_patients(2, seed=1), ellipse_patients(1, seed=2, prefix="v")
+    config = SegConfig(steps=2, batch_size=4, base_channels=4, depth=2, val_every=2, precision="bf16")
+    native = runtime.cpu_supports_bf16()
+    with contextlib.nullcontext() if native else pytest.warns(UserWarning, match="slower"):
+        result = train_unet([Pool.of(train)], val, config, seed=0)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    scores = score_patients(result.model, val, amp_dtype=torch.bfloat16, channels_last=True)
+    assert 0 <= scores[0].dice <= 1

@@ -74,7 +74,7 @@ class DiceGain(Evaluator):
     def __init__(
         self,
         *,
-        seeds: int = 3,  # U-Net seeds per arm; seed k is the experiment seed + k
+        seeds: int = 3,  # U-Net seeds per arm: 0 .. seeds-1, whatever the experiment seed
         steps: int = 200,  # optimizer steps per arm (the same for every arm)
         batch_size: int = 32,  # slices per step
         lr: float = 1e-3,  # Adam learning rate
@@ -157,7 +157,8 @@ class DiceGain(Evaluator):
         started = time.perf_counter()
         out_dir = ctx.run_dir / "dice_gain"
         amp = resolve_precision(self.seg.precision, ctx.device)
-        seeds = [ctx.seed + k for k in range(self.seeds)]
+        # U-Net seeds do not follow the experiment seed, so generator seeds share cached baselines.
+        seeds = list(range(self.seeds))
         arms, info = self._arms(ctx)
         arm_names = ["baseline", *arms]
         patients = ctx.test.patients()
@@ -196,7 +197,7 @@ class DiceGain(Evaluator):
         ctx.shared["baseline_unet_threads"] = threads
 
         # Statistics: the gain and its uncertainty, per arm summaries, controls.
-        gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=ctx.seed)
+        gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=0)
         metrics: dict[str, float] = gain.as_metrics("dice_gain")
         for arm in arm_names:
             metrics[f"dice_{arm}"] = float(dice[arm].mean())
@@ -209,7 +210,7 @@ class DiceGain(Evaluator):
             metrics["dice_tstr"] = metrics["tstr_gap"] = float("nan")
         control_summaries = {}
         for control in self.controls:
-            summary = paired_summary(dice[control], dice["augmented"], self.bootstrap, seed=ctx.seed)
+            summary = paired_summary(dice[control], dice["augmented"], self.bootstrap, seed=0)
             control_summaries[control] = summary
             metrics.update(summary.as_metrics(f"dice_gain_vs_{control}"))
             metrics[f"{control}_gain"] = float((dice[control] - dice["baseline"]).mean())

@@ -1,6 +1,10 @@
 """Baseline Dice, oracle gain and noise gain of dice_gain on the embedded phantom (quick profile split).
 
-    python benchmarks/seg_phantom_gain.py [--steps N] [--seeds K] [--threads T]
+    python benchmarks/seg_phantom_gain.py [--profile quick] [--set KEY=VALUE ...]
+
+The evaluator is built from the profile's ``evaluators.dice_gain`` settings, so
+the numbers are those a run of that profile reports; ``--set seeds=1`` etc.
+override single dice_gain settings.
 
 Oracle: the real training slices themselves as the "synthetic" set. Noise:
 uniform noise images with random disc masks. Writes
@@ -24,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.config import resolve  # noqa: E402
 from toolkit.data.slices import SliceSet  # noqa: E402
-from toolkit.experiment import prepare_data  # noqa: E402
+from toolkit.experiment import build_evaluator, prepare_data  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
-from toolkit.registry import EVALUATORS  # noqa: E402
 
 
 def noise_like(train: SliceSet, seed: int = 0) -> SliceSet:
@@ -41,12 +44,14 @@ def noise_like(train: SliceSet, seed: int = 0) -> SliceSet:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dice_gain setting, e.g. --set steps=100")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = resolve(profile="quick", overrides=["split.n_train_patients=4"])
+    config = resolve(profile=args.profile, overrides=["split.n_train_patients=4", "run.evaluators=[dice_gain]"]
+                     + [f"evaluators.dice_gain.{o}" for o in args.overrides])
+    settings = build_evaluator(config, "dice_gain")
     data = prepare_data(config)
     oracle = SliceSet(data.train.images, data.train.masks, data.train.cond, np.full(len(data.train), "synthetic"),
                       np.arange(len(data.train), dtype=np.int64))
@@ -57,8 +62,7 @@ def main() -> None:
                               device=torch.device("cpu"), run_dir=Path(tmp) / name, cache_dir=Path(tmp) / "cache",
                               data_fingerprint=data.fingerprint)
             start = time.perf_counter()
-            m = EVALUATORS.get("dice_gain")(steps=args.steps, seeds=args.seeds, threads=args.threads,
-                                            tstr=False).evaluate(ctx)
+            m = build_evaluator(config, "dice_gain").evaluate(ctx)
             rows.append((name, m, time.perf_counter() - start))
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     table = ["| synthetic set | baseline Dice | augmented Dice | gain [95% CI] | label fidelity | wall s |",
@@ -66,8 +70,10 @@ def main() -> None:
     table += [f"| {n} | {m['dice_baseline']:.3f} | {m['dice_augmented']:.3f} | {m['dice_gain']:+.3f} "
               f"[{m['dice_gain_ci_low']:+.3f}, {m['dice_gain_ci_high']:+.3f}] | {m['label_fidelity_dice']:.3f} "
               f"| {t:.0f} |" for n, m, t in rows]
-    command = f"python benchmarks/seg_phantom_gain.py --steps {args.steps} --seeds {args.seeds} --threads {args.threads}"
-    text = (f"Phantom, quick profile split with 4 training patients ({len(data.train)} train slices, "
+    command = "python benchmarks/seg_phantom_gain.py --profile " + args.profile + "".join(
+        f" --set {o}" for o in args.overrides)
+    text = (f"dice_gain settings: {settings.seg}, seeds {settings.seeds}, ratio {settings.ratio}\n\n"
+            f"Phantom, {args.profile} profile split with 4 training patients ({len(data.train)} train slices, "
             f"{len(data.test.patients())} test patients); `{uptime}` at the end\n\n" + "\n".join(table))
     print(text)
     out = Path(__file__).resolve().parent / "results" / "seg_phantom_gain.md"

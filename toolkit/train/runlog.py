@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+LOGGERS = ("toolkit", "plugins", "ganseg_user_plugins")
+
+
+class _RunLogHandler(logging.Handler):
+    def __init__(self, runlog: RunLog) -> None:
+        super().__init__(logging.INFO)
+        self.runlog = runlog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.runlog.info(record.getMessage())
 
 
 class RunLog:
@@ -26,6 +38,12 @@ class RunLog:
         self.writer = writer
         self.quiet = quiet
         self._log = open(self.run_dir / "log.txt", "a", buffering=1)
+        # Messages that toolkit and plugin modules send through `logging` land here too.
+        self._handler = _RunLogHandler(self)
+        for name in LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self._handler)
+            logger.setLevel(logging.INFO)
 
     def info(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -53,6 +71,8 @@ class RunLog:
         path.write_text("".join(line + "\n" for line in kept))
 
     def close(self) -> None:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self._handler)
         self._log.close()
         if self.writer is not None:
             self.writer.flush()

@@ -43,7 +43,7 @@ class VAE(Generator):
         device: torch.device | str = "cpu",
         *,
         z_dim: int = 32,  # latent dimensions (few: with a few hundred slices, more dims leave holes in the prior)
-        base_channels: int = 16,  # channels at full resolution, doubled per down/up-sampling stage
+        base_channels: int = 8,  # channels at full resolution, doubled per down/up-sampling stage
         max_channels: int = 128,  # channel cap at low resolution
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
         lr: float = 1e-3,  # Adam learning rate

@@ -49,6 +49,7 @@ class VAEGAN(Generator):
 
     tiny: ClassVar[dict[str, Any]] = {
         "base_channels": 4, "max_channels": 16, "z_dim": 8, "d_channels": 4, "d_max_channels": 16,
+        "adv_start_step": 0,  # so short tests exercise the GAN terms
     }
 
     def __init__(
@@ -57,7 +58,7 @@ class VAEGAN(Generator):
         device: torch.device | str = "cpu",
         *,
         z_dim: int = 32,  # latent dimensions (few: with a few hundred slices, more dims leave holes in the prior)
-        base_channels: int = 16,  # generator channels at full resolution, doubled per stage
+        base_channels: int = 8,  # generator channels at full resolution, doubled per stage
         max_channels: int = 128,  # generator channel cap
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
         d_channels: int = 16,  # discriminator channels after its first convolution
@@ -74,7 +75,7 @@ class VAEGAN(Generator):
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
-        adv_start_step: int = 0,  # steps of plain VAE training before D and the GAN terms start
+        adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
         diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
         temperature: float = 1.0,  # std of the prior when sampling

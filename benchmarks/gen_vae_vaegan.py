@@ -8,6 +8,11 @@ real pairs next to prior samples, with the mask outlined, for each model.
     python benchmarks/gen_vae_vaegan.py                      # 600 steps each, batch 32, 64 x 64
     python benchmarks/gen_vae_vaegan.py --steps 20 --generators vaegan --amp bf16
 
+    python benchmarks/gen_vae_vaegan.py --docs-png runs/VAE_RUN runs/VAEGAN_RUN
+
+The last form only composes two ``cli.py run`` outputs (their
+``synthetic/grid.png``) side by side into docs/samples_vae_vaegan.png.
+
 Prints a table and writes benchmarks/results/gen_vae_vaegan.md plus
 benchmarks/results/gen_<name>_<steps>.png. Other processes on the machine
 slow it down: the load average before and after is recorded with the numbers.
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.io import ImageReadMode, read_image
 from torchvision.utils import save_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +79,18 @@ def train_one(name: str, steps: int, batch_size: int, amp: str, overrides: list[
             "real_with_mask": (real.mask.sum(dim=(1, 2, 3)) > 0).float().mean().item()}
 
 
+def compose_docs_png(vae_run: Path, vaegan_run: Path, out: Path = ROOT / "docs" / "samples_vae_vaegan.png") -> Path:
+    """Put the synthetic grids of a ``vae`` run (left) and a ``vaegan`` run (right) side by side."""
+    grids = []
+    for run in (vae_run, vaegan_run):
+        png = run / "synthetic" / "grid.png"
+        if not png.is_file():
+            raise FileNotFoundError(f"{png} not found: pass the run folders of two finished `cli.py run` commands")
+        grids.append(read_image(str(png), ImageReadMode.RGB).float() / 255.0)
+    save_image(side_by_side(*grids, gap=16), out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generators", nargs="+", default=["vae", "vaegan"])
@@ -84,8 +102,13 @@ def main() -> None:
                         help="config override, as in cli.py (e.g. generator.prior=standard); repeatable")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help="folder of the grids; results are appended to the .md only for the default")
+    parser.add_argument("--docs-png", nargs=2, type=Path, metavar=("VAE_RUN", "VAEGAN_RUN"),
+                        help="only compose two run folders' synthetic grids into docs/samples_vae_vaegan.png")
     parser.add_argument("--tag", default="", help="suffix of the grid file names, to keep variants apart")
     args = parser.parse_args()
+    if args.docs_png:
+        print(compose_docs_png(*args.docs_png))
+        return
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()

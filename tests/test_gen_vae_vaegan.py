@@ -231,3 +231,15 @@ def test_fitted_prior_samples_near_the_training_latents(name: str) -> None:
     assert torch.equal(standard.draw_latents(eps), eps)
     with pytest.raises(ValueError, match="prior must be"):
         build(name, prior="uniform")
+
+
+def test_vaegan_trains_as_a_vae_before_adv_start_step() -> None:
+    torch.manual_seed(0)
+    data = ellipse_pairs(8, 16)
+    gen = build("vaegan", adv_start_step=2)
+    d_before = [p.detach().clone() for p in gen.discriminator.parameters()]
+    assert "d_loss" not in gen.train_step(data, 0) and "g_adv" not in gen.train_step(data, 1)
+    assert all(torch.equal(a, b) for a, b in zip(d_before, gen.discriminator.parameters()))
+    out = gen.train_step(data, 2)
+    assert {"d_loss", "g_adv", "g_fm"} <= set(out)
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, gen.discriminator.parameters()))

@@ -2,8 +2,13 @@
 
 The course's baseline VAE, made useful for segmentation: the encoder reads
 the image and its gland mask as two channels and the decoder writes both
-back, so a draw from the prior ``N(0, I)`` decodes to an image *and* a
-matching mask.
+back, so a draw from the prior decodes to an image *and* a matching mask.
+
+The prior used for sampling is, by default (``prior="fitted"``), a
+full-covariance Gaussian fitted to the encoder's latents during training
+(``toolkit.nn.convvae.FittedPrior``; ex-post density estimation, Ghosh et
+al., 2020): on a few dozen slices ``N(0, I)`` has holes the decoder never
+saw, and half its samples decoded to mush without a mask.
 
 Loss per step (all per-pixel means, so weights mean the same at any size):
 

@@ -6,7 +6,8 @@ pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
 similarity metric"). Each step:
 
 1. Encode the real pair, decode its reconstruction and, from fresh prior
-   draws ``z ~ N(0, I)``, ``prior_fraction`` times as many prior samples.
+   draws (the fitted Gaussian of ``vae``, or ``N(0, I)``), ``prior_fraction``
+   times as many prior samples.
 2. D step: adversarial loss (hinge by default) of D on DiffAugment-ed real
    pairs against the reconstructions and prior samples.
 3. G step (encoder + decoder):

@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from toolkit.nn.convvae import FittedPrior
 from toolkit.nn.diffaug import DiffAugment, parse_policy
 from toolkit.nn.ema import EMA
 from toolkit.nn.patchgan import PatchGAN
@@ -191,3 +192,54 @@ def test_patchgan_logit_map_and_features() -> None:
     assert logits.shape == (3, 1, 8, 8) and len(feats) >= 3
     with pytest.raises(ValueError, match="patch_size"):
         PatchGAN(2, 64, patch_size=6)
+
+
+def test_fitted_prior_matches_latent_moments_and_round_trips() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_mean = torch.tensor([2.0, -1.0, 0.5])
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.3, 0.0], [0.0, 0.0, 0.1]])
+    prior = FittedPrior(3, momentum=0.999)
+    assert torch.equal(prior.transform(torch.ones(2, 3)), torch.ones(2, 3))  # untrained: N(0, I)
+    for _ in range(50):
+        mu = true_mean + torch.randn(64, 3, generator=g) @ mix.T
+        prior.update(mu, torch.full((64, 3), math.log(0.01)))  # posterior variance 0.01
+    expected_cov = mix @ mix.T + 0.01 * torch.eye(3)
+    z = prior.transform(torch.randn(20000, 3, generator=g))
+    assert torch.allclose(z.mean(0), true_mean, atol=0.05)
+    assert torch.allclose(torch.cov(z.T), expected_cov, atol=0.05)
+    copy = FittedPrior(3)
+    copy.load_state_dict(prior.state_dict())
+    eps = torch.randn(4, 3, generator=g)
+    assert torch.equal(copy.transform(eps), prior.transform(eps))
+    with pytest.raises(ValueError, match="momentum"):
+        FittedPrior(3, momentum=1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fitted_prior_samples_near_the_training_latents(name: str) -> None:
+    """With prior="fitted", sampled latents follow the encoder's means, not N(0, I)."""
+    torch.manual_seed(0)
+    data = ellipse_pairs(16, 16)
+    gen = build(name)
+    for step in range(3):
+        gen.train_step(data, step)
+    assert gen.latent_prior.count.item() == 3
+    z = gen.draw_latents(torch.randn(4000, gen.z_dim, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(z.mean(0), gen.latent_prior.mean, atol=0.1)
+    standard = build(name, prior="standard")
+    eps = torch.randn(5, standard.z_dim)
+    assert torch.equal(standard.draw_latents(eps), eps)
+    with pytest.raises(ValueError, match="prior must be"):
+        build(name, prior="uniform")
+
+
+def test_vaegan_trains_as_a_vae_before_adv_start_step() -> None:
+    torch.manual_seed(0)
+    data = ellipse_pairs(8, 16)
+    gen = build("vaegan", adv_start_step=2)
+    d_before = [p.detach().clone() for p in gen.discriminator.parameters()]
+    assert "d_loss" not in gen.train_step(data, 0) and "g_adv" not in gen.train_step(data, 1)
+    assert all(torch.equal(a, b) for a, b in zip(d_before, gen.discriminator.parameters()))
+    out = gen.train_step(data, 2)
+    assert {"d_loss", "g_adv", "g_fm"} <= set(out)
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, gen.discriminator.parameters()))

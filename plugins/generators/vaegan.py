@@ -6,7 +6,8 @@ pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
 similarity metric"). Each step:
 
 1. Encode the real pair, decode its reconstruction and, from fresh prior
-   draws ``z ~ N(0, I)``, ``prior_fraction`` times as many prior samples.
+   draws (the fitted Gaussian of ``vae``, or ``N(0, I)``), ``prior_fraction``
+   times as many prior samples.
 2. D step: adversarial loss (hinge by default) of D on DiffAugment-ed real
    pairs against the reconstructions and prior samples.
 3. G step (encoder + decoder):
@@ -33,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from toolkit.nn import losses
-from toolkit.nn.convvae import ConvDecoder, ConvEncoder, pair_to_input, reparameterize
+from toolkit.nn.convvae import ConvDecoder, ConvEncoder, FittedPrior, pair_to_input, reparameterize
 from toolkit.nn.diffaug import DiffAugment
 from toolkit.nn.ema import EMA
 from toolkit.nn.patchgan import PatchGAN
@@ -49,6 +50,7 @@ class VAEGAN(Generator):
 
     tiny: ClassVar[dict[str, Any]] = {
         "base_channels": 4, "max_channels": 16, "z_dim": 8, "d_channels": 4, "d_max_channels": 16,
+        "adv_start_step": 0,  # so short tests exercise the GAN terms
     }
 
     def __init__(
@@ -57,7 +59,7 @@ class VAEGAN(Generator):
         device: torch.device | str = "cpu",
         *,
         z_dim: int = 32,  # latent dimensions (few: with a few hundred slices, more dims leave holes in the prior)
-        base_channels: int = 16,  # generator channels at full resolution, doubled per stage
+        base_channels: int = 8,  # generator channels at full resolution, doubled per stage
         max_channels: int = 128,  # generator channel cap
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
         d_channels: int = 16,  # discriminator channels after its first convolution
@@ -74,10 +76,11 @@ class VAEGAN(Generator):
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
-        adv_start_step: int = 0,  # steps of plain VAE training before D and the GAN terms start
+        adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
         diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
         temperature: float = 1.0,  # std of the prior when sampling
+        prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
         prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
     ) -> None:
         super().__init__(spec, device)
@@ -96,6 +99,9 @@ class VAEGAN(Generator):
         self.adv_loss_kind = adv_loss
         self.adv_start_step = adv_start_step
         self.temperature = temperature
+        if prior not in ("fitted", "standard"):
+            raise ValueError(f"vaegan: prior must be 'fitted' or 'standard', got {prior!r}")
+        self.prior_kind = prior
         self.prior_fraction = prior_fraction
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
@@ -105,6 +111,8 @@ class VAEGAN(Generator):
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
         self.ema = EMA(self.decoder, ema_decay) if ema_decay > 0 else None
+        # Running Gaussian fit of the encoder's latents (kept for either prior; sampled if "fitted").
+        self.latent_prior = FittedPrior(z_dim).to(self.device)
         # Own random sources (latent noise, augmentation) so a resumed run is bit-for-bit the same.
         self.noise = RandomSource(device=self.device)
         self.augment = DiffAugment(diffaug, image_channels=spec.channels, device=self.device)
@@ -117,8 +125,9 @@ class VAEGAN(Generator):
         with self.autocast():
             mu, logvar = self.encoder(real)
             mu, logvar = mu.float(), logvar.float()
+            self.latent_prior.update(mu, logvar)
             z = torch.cat([reparameterize(mu, logvar, self.noise.randn(n, self.z_dim)),
-                           self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim)])
+                           self.draw_latents(self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim))])
             image, logits = self.decoder(z)
         image, logits = image.float(), logits.float()
         fake = pair_to_input(image, torch.sigmoid(logits))  # D sees mask probabilities
@@ -168,6 +177,11 @@ class VAEGAN(Generator):
                      kl=l_kl.item(), kl_weight=kl_weight)
         return stats
 
+    def draw_latents(self, eps: torch.Tensor) -> torch.Tensor:
+        """Latents from standard normal ``eps``: scaled by ``temperature``, then mapped by the prior."""
+        eps = eps * self.temperature
+        return self.latent_prior.transform(eps) if self.prior_kind == "fitted" else eps
+
     @torch.no_grad()
     def sample(
         self,
@@ -178,7 +192,7 @@ class VAEGAN(Generator):
     ) -> Batch:
         """Decode ``n`` prior draws (latents drawn on the CPU with ``generator``), EMA decoder if kept."""
         decoder = self.ema.module if self.ema is not None else self.decoder
-        z = torch.randn(n, self.z_dim, generator=generator) * self.temperature
+        z = self.draw_latents(torch.randn(n, self.z_dim, generator=generator))
         size, c = self.spec.image_size, self.spec.channels
         images, masks_out = [torch.empty(0, c, size, size)], [torch.empty(0, 1, size, size)]
         for chunk in z.split(256):

@@ -9,6 +9,7 @@ coloured by direction.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,13 +80,16 @@ def per_patient_plot(
 
     # One column per patient: baseline dot, augmented dot, a line between them.
     r = 4
+    # Drop the prefix all ids share ("phantom_", "case"), then keep what fits under a column.
+    ids = [str(p) for p in patients]
+    prefix = os.path.commonprefix(ids) if len(ids) > 1 else ""
     for col, i in enumerate(order):
         x = left + step * (col + 0.5)
         yb, ya = y_of(baseline[i]), y_of(augmented[i])
         draw.line([(x, yb), (x, ya)], fill=COLOURS["up" if augmented[i] >= baseline[i] else "down"], width=2)
         draw.ellipse([x - r, yb - r, x + r, yb + r], fill=COLOURS["baseline"])
         draw.ellipse([x - r, ya - r, x + r, ya + r], fill=COLOURS["augmented"])
-        name = str(patients[i])[-6:]
+        name = ids[i][len(prefix):][-8:] or ids[i][-8:]
         draw.text((x - 3 * len(name), top + plot_h + 4 + 12 * (col % 2)), name, fill=COLOURS["axis"], font=font)
 
     # Legend.

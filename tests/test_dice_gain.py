@@ -17,16 +17,6 @@ from toolkit.registry import EVALUATORS
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
-    ten times slower than one thread alone."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def ellipse_patients(n: int, seed: int, prefix: str = "p", slices: int = 8) -> SliceSet:
     """Noisy ellipses: one 'gland' per patient, size and position varying by patient and slice.
 

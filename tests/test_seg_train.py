@@ -16,17 +16,6 @@ from toolkit.seg.predict import score_patients, stack_volumes
 from toolkit.seg.report import per_patient_plot
 from toolkit.seg.train import Pool, SegConfig, dice_bce_loss, train_unet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: other agents share these cores, and OpenMP threads that wait on each other are
-    ten times slower than one thread alone."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TINY = SegConfig(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
 
 

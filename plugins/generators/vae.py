@@ -28,7 +28,15 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from toolkit.nn import losses
-from toolkit.nn.convvae import ConvDecoder, ConvEncoder, FittedPrior, pair_to_input, reparameterize
+from toolkit.nn.convvae import (
+    ConvDecoder,
+    ConvEncoder,
+    FittedPrior,
+    decode_pairs,
+    draw_latents,
+    pair_to_input,
+    reparameterize,
+)
 from toolkit.nn.ema import EMA
 from toolkit.nn.rng import RandomSource
 from toolkit.plugin import Generator
@@ -111,8 +119,7 @@ class VAE(Generator):
 
     def draw_latents(self, eps: torch.Tensor) -> torch.Tensor:
         """Latents from standard normal ``eps``: scaled by ``temperature``, then mapped by the prior."""
-        eps = eps * self.temperature
-        return self.latent_prior.transform(eps) if self.prior_kind == "fitted" else eps
+        return draw_latents(eps, self.temperature, self.latent_prior if self.prior_kind == "fitted" else None)
 
     @torch.no_grad()
     def sample(
@@ -125,11 +132,4 @@ class VAE(Generator):
         """Decode ``n`` draws from the prior (latents drawn on the CPU with ``generator``)."""
         decoder = self.ema.module if self.ema is not None else self.decoder
         z = self.draw_latents(torch.randn(n, self.z_dim, generator=generator))
-        size, c = self.spec.image_size, self.spec.channels
-        images, masks_out = [torch.empty(0, c, size, size)], [torch.empty(0, 1, size, size)]
-        for chunk in z.split(256):
-            with self.autocast():
-                image, logits = decoder(chunk.to(self.device))
-            images.append(image.float().clamp(-1.0, 1.0).cpu())
-            masks_out.append((logits.float() > 0).float().cpu())
-        return Batch(torch.cat(images), torch.cat(masks_out), None)
+        return decode_pairs(decoder, z, self.device, self.autocast)

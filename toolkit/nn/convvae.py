@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from toolkit.types import Batch
+
 BOTTLENECK = 4  # side of the smallest feature map
 MASK_PRIOR_LOGIT = -2.0  # initial mask logit bias: sigmoid(-2) = 0.12 foreground
 
@@ -196,3 +198,25 @@ class FittedPrior(nn.Module):
             chol = vecs * vals.clamp_min(jitter).sqrt()
         z = self.mean.detach().cpu().double() + eps.detach().cpu().double() @ chol.T
         return z.to(device=eps.device, dtype=eps.dtype)
+
+
+def draw_latents(eps: torch.Tensor, temperature: float, prior: FittedPrior | None) -> torch.Tensor:
+    """Latents from standard-normal ``eps``: scaled by ``temperature``, then mapped by a fitted prior (if any)."""
+    eps = eps * temperature
+    return prior.transform(eps) if prior is not None else eps
+
+
+@torch.no_grad()
+def decode_pairs(decoder: ConvDecoder, z: torch.Tensor, device: torch.device, autocast, chunk: int = 256) -> Batch:
+    """Decode latents in chunks into CPU (image in [-1, 1], mask in {0, 1}) pairs.
+
+    Args:
+        autocast: a callable returning the generator's mixed-precision context.
+    """
+    images, masks = [], []
+    for part in z.split(chunk):
+        with autocast():
+            image, logits = decoder(part.to(device))
+        images.append(image.float().clamp(-1.0, 1.0).cpu())
+        masks.append((logits.float() > 0).float().cpu())
+    return Batch(torch.cat(images), torch.cat(masks), None)

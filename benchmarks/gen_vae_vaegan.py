@@ -54,7 +54,7 @@ def train_one(name: str, steps: int, batch_size: int, amp: str, overrides: list[
     split = split_patients(slices.patients(), cfg["split"])
     train = select_slices(slices.of_patients(split["train"]), cfg["data"], cfg["seed"])
     cls = GENERATORS.get(name)
-    gen = cls(DataSpec(image_size=train.image_size), "cpu", **plugin_kwargs(cfg, cls, cfg["generator"]))
+    gen = cls(DataSpec(image_size=train.image_size), "cpu", **plugin_kwargs(cls, cfg["generator"]))
     gen.amp_dtype = torch.bfloat16 if amp == "bf16" else None
     gen.train()
     times, last = [], {}

@@ -64,6 +64,13 @@ def test_existing_run_is_never_overwritten_silently(cli, tmp_path):
     assert marker.exists()
     forced = cli(*run_args(tmp_path, "r1", "toy", "--force"))
     assert forced.exit_code == 0 and not marker.exists()
+    # --force never deletes a folder that is not a run.
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("months of work")
+    refused = cli(*run_args(tmp_path, "thesis", "toy", "--force"))
+    assert refused.exit_code != 0 and "not a ganseg run" in refused.output
+    assert (precious / "chapter1.tex").exists()
 
 
 def test_resume_extends_training_and_evaluate_rescores(cli, tmp_path):

@@ -334,7 +334,7 @@ def validate_plugins(config: Config) -> None:
         validate_section(cls, section, f"evaluators.{name}", config)
 
 
-def plugin_kwargs(config: Config, cls: type, section: dict[str, Any], tiny: bool = False) -> dict[str, Any]:
+def plugin_kwargs(cls: type, section: dict[str, Any], tiny: bool = False) -> dict[str, Any]:
     """Constructor kwargs: the plugin's ``tiny`` settings (if asked) under the config section."""
     kwargs = dict(getattr(cls, "tiny", {})) if tiny else {}
     kwargs.update(section)

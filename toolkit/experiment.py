@@ -71,6 +71,9 @@ def open_run_dir(out: str | Path, name: str, force: bool = False, resume: bool =
         if not force:
             raise RunError(f"run directory {run_dir} already exists. Use --resume to continue it, "
                            f"--force to delete and replace it, or another --name")
+        if not (run_dir / "config.yaml").is_file():
+            raise RunError(f"--force: {run_dir} is not empty and is not a ganseg run (no config.yaml); "
+                           "refusing to delete it. Choose another --name or --out")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -110,13 +113,13 @@ def build_generator(config: Config, device: torch.device) -> Generator:
     """The configured generator on ``device`` (tiny settings under the config when run.tiny)."""
     cls = GENERATORS.get(config["run"]["generator"])
     spec = DataSpec(image_size=int(config["data"]["image_size"]))
-    kwargs = plugin_kwargs(config, cls, config["generator"], tiny=config["run"]["tiny"])
+    kwargs = plugin_kwargs(cls, config["generator"], tiny=config["run"]["tiny"])
     return cls(spec, device=device, **kwargs)
 
 
 def build_evaluator(config: Config, name: str) -> Evaluator:
     cls = EVALUATORS.get(name)
-    return cls(**plugin_kwargs(config, cls, config["evaluators"].get(name, {}), tiny=config["run"]["tiny"]))
+    return cls(**plugin_kwargs(cls, config["evaluators"].get(name, {}), tiny=config["run"]["tiny"]))
 
 
 def _writer(run_dir: Path, purge_step: int | None = None):

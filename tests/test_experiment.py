@@ -105,3 +105,11 @@ def test_evaluate_without_synthetic_set_says_what_to_do(cli, tmp_path):
     (tmp_path / "r1" / "synthetic" / "synthetic.npz").unlink()
     result = cli("evaluate", "--run", str(tmp_path / "r1"))
     assert result.exit_code != 0 and "--resume" in result.output
+
+
+def test_bad_data_fails_clearly_and_leaves_no_run_behind(cli, tmp_path):
+    empty = tmp_path / "not-data"
+    empty.mkdir()
+    result = cli(*run_args(tmp_path, "bad"), "--data", str(empty))
+    assert result.exit_code != 0 and "Error:" in result.output and str(empty) in result.output
+    assert not (tmp_path / "bad").exists()

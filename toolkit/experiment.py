@@ -178,7 +178,15 @@ def run_experiment(
 
     try:
         # Data: real slices split by patient; the generator sees training patients only.
-        prepared = prepare_data(config, run_dir)
+        try:
+            prepared = prepare_data(config, run_dir)
+        except Exception:
+            if not resume and dist_info.is_main:
+                # Bad data: the run never started, so leave no directory to collide with the next try.
+                runlog.close()
+                writer.close()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         runlog.info(f"data: {len(prepared.train)} training slices from {len(prepared.split['train'])} patients, "
                     f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients "
                     f"(fingerprint {prepared.fingerprint[:12]})")

@@ -234,3 +234,35 @@ def test_config_section_validates_against_signature():
     validate_section(cls, {"controls": ["balanced_real"], "threads": 2, "seeds": 3}, "evaluators.dice_gain")
     with pytest.raises(ConfigError, match="seeds"):
         validate_section(cls, {"seeds": "three"}, "evaluators.dice_gain")
+
+
+def test_baseline_cache_key_follows_the_exact_training_slices(tmp_path):
+    """Same patients and slice count, different slices: a different baseline (slice selection varies)."""
+    import dataclasses
+
+    from toolkit.seg.baseline import baseline_key
+    from toolkit.seg.train import SegConfig
+
+    ctx = make_ctx(tmp_path, ellipse_patients(2, seed=5, prefix="s"))
+    shifted = dataclasses.replace(ctx, train=ctx.train.select(np.arange(len(ctx.train))))
+    shifted.train.slice_index = shifted.train.slice_index + 1
+    config = SegConfig(steps=10)
+    assert len(shifted.train) == len(ctx.train)
+    assert baseline_key(ctx, 0, config) != baseline_key(shifted, 0, config)
+
+
+def test_baseline_without_dice_gain_run_uses_the_runs_dice_gain_settings(tmp_path, monkeypatch):
+    import toolkit.seg.baseline as baseline
+
+    seen = {}
+
+    def fake_result(ctx, seed, config):
+        seen["config"] = config
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(baseline, "baseline_result", fake_result)
+    ctx = make_ctx(tmp_path, ellipse_patients(2, seed=5, prefix="s"))
+    ctx.config = {"run": {"tiny": False}, "evaluators": {"dice_gain": {"steps": 123, "base_channels": 8}}}
+    with pytest.raises(RuntimeError, match="stop here"):
+        baseline.load_or_train_baseline(ctx)
+    assert seen["config"].steps == 123 and seen["config"].base_channels == 8

@@ -79,6 +79,8 @@ def test_resume_extends_training_and_evaluate_rescores(cli, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     results = json.loads((tmp_path / "r1" / "results.json").read_text())
     assert results["train"]["resumed_from"] == 4 and results["train"]["steps"] == 6
+    # The override is recorded, so a later `evaluate` reloads what was actually run.
+    assert yaml.safe_load((tmp_path / "r1" / "config.yaml").read_text())["train"]["steps"] == 6
     steps = [json.loads(line)["step"] for line in (tmp_path / "r1" / "metrics.jsonl").read_text().splitlines()
              if "loss/loss" in line]
     assert steps == sorted(set(steps)) and steps[-1] == 6
@@ -113,3 +115,12 @@ def test_bad_data_fails_clearly_and_leaves_no_run_behind(cli, tmp_path):
     result = cli(*run_args(tmp_path, "bad"), "--data", str(empty))
     assert result.exit_code != 0 and "Error:" in result.output and str(empty) in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_results_json_is_strict_json(tmp_path):
+    from toolkit.experiment import _write_results
+
+    _write_results(tmp_path, {"evaluation": {"x": {"values": {"a": float("nan"), "b": float("inf"), "c": 1.5}}}})
+    text = (tmp_path / "results.json").read_text()
+    values = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert values["evaluation"]["x"]["values"] == {"a": None, "b": None, "c": 1.5}

@@ -104,7 +104,8 @@ def prepare_data(config: Config, run_dir: Path | None = None) -> PreparedData:
         split = datalib.split_patients(slices.patients(), config["split"])
         if split_file is not None:
             split_file.write_text(json.dumps({"settings": config["split"], "patients": split}, indent=2))
-    train = datalib.select_slices(slices.of_patients(split["train"]), data_cfg, config["seed"])
+    # Slice selection belongs to the data split, so generator seeds share the same training slices.
+    train = datalib.select_slices(slices.of_patients(split["train"]), data_cfg, config["split"]["seed"])
     return PreparedData(train, slices.of_patients(split["val"]), slices.of_patients(split["test"]),
                         split, fingerprint)
 
@@ -162,8 +163,8 @@ def run_experiment(
     run_dir = Path(out) / name
     if dist_info.is_main:
         run_dir = open_run_dir(out, name, force=force, resume=resume)
-        if not resume:
-            (run_dir / "config.yaml").write_text(config.to_yaml())
+        # On --resume this records any --set overrides, so a later `evaluate` sees what was run.
+        (run_dir / "config.yaml").write_text(config.to_yaml())
     if dist_info.enabled:
         torch.distributed.barrier()
 
@@ -253,7 +254,7 @@ def evaluate_prepared(
     ctx = EvalContext(
         train=prepared.train, val=prepared.val, test=prepared.test, synthetic=synthetic, device=device,
         run_dir=run_dir, cache_dir=datalib.cache_dir() / "eval", data_fingerprint=prepared.fingerprint,
-        seed=int(config["seed"]), writer=writer,
+        seed=int(config["seed"]), writer=writer, config=config.data,
     )
     metrics: dict[str, dict[str, Any]] = {}
     failures = []
@@ -311,9 +312,20 @@ def _write_results(run_dir: Path, update: dict[str, Any]) -> dict[str, Any]:
             results[key] = value
     results["run"] = Path(run_dir).name
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=_json_default))
+    # Strict JSON: NaN/inf (an arm switched off, an undefined interval) become null.
+    tmp.write_text(json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False))
     tmp.replace(path)
     return results
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -54,7 +54,7 @@ def rank(rows: list[dict[str, Any]], metric: str | None = None) -> dict[str, lis
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         key = metric or row["primary"]
-        if key not in row["values"]:
+        if row["values"].get(key) is None:  # missing, or NaN written as null
             continue
         groups.setdefault(row["group"], []).append({**row, "metric": key, "value": row["values"][key]})
     for members in groups.values():

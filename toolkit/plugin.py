@@ -141,6 +141,7 @@ class EvalContext:
         writer: TensorBoard writer, or None.
         shared: a scratch dict shared by the evaluators of one evaluation, so a
             model one evaluator trained can serve another.
+        config: the run's resolved config (plain data), or None outside a run.
     """
 
     train: SliceSet
@@ -154,6 +155,7 @@ class EvalContext:
     seed: int = 0
     writer: SummaryWriter | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
 
 
 class Evaluator(abc.ABC):

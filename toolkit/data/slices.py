@@ -63,6 +63,15 @@ class SliceSet:
         """The slices of the given patients, keeping their order."""
         return self.select(np.isin(self.patient, np.asarray(patients, dtype=str)))
 
+    def identity(self) -> str:
+        """A hash of which slices these are (patient and slice index, in order), for cache keys."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update("\0".join(self.patient.astype(str)).encode())
+        digest.update(np.ascontiguousarray(self.slice_index, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:20]
+
     def has_gland(self) -> np.ndarray:
         """Boolean [N]: the slice's mask has foreground."""
         return self.masks.reshape(len(self), -1).any(axis=1)

@@ -52,7 +52,7 @@ def real_cache_key(ctx: EvalContext, split: str, extractor: FeatureExtractor, ro
         "data": ctx.data_fingerprint,
         "split": split,
         "patients": sorted(slices.patients()),
-        "n_slices": len(slices),
+        "slices": slices.identity(),
         "rows": hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest(),
         "features": extractor.fingerprint,
     }

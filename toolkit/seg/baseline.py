@@ -43,8 +43,8 @@ def baseline_key(ctx: EvalContext, seed: int, config: SegConfig) -> str:
         "data": ctx.data_fingerprint,
         "train_patients": sorted(ctx.train.patients()),
         "val_patients": sorted(ctx.val.patients()),
-        "n_train_slices": len(ctx.train),
-        "n_val_slices": len(ctx.val),
+        "train_slices": ctx.train.identity(),  # slice selection varies with its seed and margin
+        "val_slices": ctx.val.identity(),
         "config": config.to_dict(),
         "seed": seed,
         "amp": str(resolve_precision(config.precision, ctx.device)),
@@ -112,8 +112,20 @@ def load_or_train_baseline(ctx: EvalContext, seed: int = 0, **seg_kwargs: Any) -
     and the thread count it recorded in ``ctx.shared["baseline_unet_threads"]``.
     Its :meth:`~toolkit.nn.unet.UNet.encode` gives bottleneck features.
     """
+    threads = ctx.shared.get("baseline_unet_threads")
     if not seg_kwargs:
-        seg_kwargs = dict(ctx.shared.get("baseline_unet_config", {}))
+        if "baseline_unet_config" in ctx.shared:
+            seg_kwargs = dict(ctx.shared["baseline_unet_config"])
+        elif ctx.config is not None:
+            # dice_gain has not run in this process: build it from the run's config, so this is
+            # the same network (and cache entry) its baseline arm trains.
+            from toolkit.config import plugin_kwargs
+            from toolkit.registry import EVALUATORS
+
+            cls = EVALUATORS.get("dice_gain")
+            section = (ctx.config.get("evaluators") or {}).get("dice_gain", {})
+            owner = cls(**plugin_kwargs(cls, section, tiny=bool((ctx.config.get("run") or {}).get("tiny"))))
+            seg_kwargs, threads = owner.seg.to_dict(), owner.threads
     # Train (or look up) under the thread count dice_gain used, so the cache key matches.
-    with reproducible(ctx.shared.get("baseline_unet_threads"), ctx.device):
+    with reproducible(threads, ctx.device):
         return baseline_result(ctx, seed, seg_config(**seg_kwargs))[0].model

@@ -95,6 +95,9 @@ def train_generator(
         gen.load_state_dict(state["generator"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        if dist_info.rank > 0:
+            # The checkpoint holds rank 0's RNG states; other ranks continue from their own seed.
+            seed_everything(seed + dist_info.rank + 1_000_003 * start)
         runlog.truncate_after(start)
         runlog.info(f"resumed from {ckpt} at step {start}")
     else:

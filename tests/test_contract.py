@@ -17,7 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from tests.conftest import make_slices
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import EvalContext
+from toolkit.data.masks import DeformedMasks
+from toolkit.plugin import EvalContext, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.loop import train_generator
@@ -29,9 +30,13 @@ from toolkit.types import Batch, DataSpec
 SIZE = 32
 
 
-def build(name: str):
+def build(name: str, data: SliceSet | None = None):
+    """The generator with its tiny settings, set up as the core sets it up (deformed real masks)."""
     cls = GENERATORS.get(name)
-    return cls(DataSpec(image_size=SIZE), device="cpu", **cls.tiny)
+    gen = cls(DataSpec(image_size=SIZE), device="cpu", **cls.tiny)
+    data = make_slices(n_patients=3, slices_per_patient=6, size=SIZE) if data is None else data
+    gen.setup(TrainContext(train=data, mask_source=DeformedMasks(data)))
+    return gen
 
 
 def sample(gen, n: int, seed: int, data: SliceSet) -> Batch:
@@ -58,7 +63,25 @@ def test_generator_trains_and_samples(name, data):
     assert out.image.min() >= -1 and out.image.max() <= 1
     assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
     if out.cond is not None:
-        assert out.cond.shape == (5, 2)
+        assert out.cond.shape == (5, DataSpec().cond_dim)
+
+
+@pytest.mark.parametrize("name", [n for n in GENERATORS.names() if GENERATORS.get(n).needs_masks])
+def test_mask_to_image_generator_renders_the_given_masks(name, data):
+    torch.manual_seed(0)
+    gen = build(name, data)
+    gen.train_step(data.to_batch(np.arange(8)), 0)
+    masks = data.to_batch(np.arange(4, 10)).mask
+    cond = data.to_batch(np.arange(4, 10)).cond
+    gen.eval()
+    with torch.no_grad():
+        out = gen.sample(6, cond=cond, masks=masks, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.mask.cpu().float(), masks), "sample(masks=...) must return the masks it was given"
+    assert out.image.shape == (6, 1, SIZE, SIZE)
+    # Without masks it draws from the mask source it was handed in setup().
+    with torch.no_grad():
+        drawn = gen.sample(3, generator=torch.Generator().manual_seed(1))
+    assert drawn.mask.shape == (3, 1, SIZE, SIZE) and set(drawn.mask.unique().tolist()) <= {0.0, 1.0}
 
 
 @pytest.mark.parametrize("name", GENERATORS.names())
@@ -75,11 +98,11 @@ def test_generator_sampling_is_deterministic(name, data):
 @pytest.mark.parametrize("name", GENERATORS.names())
 def test_generator_state_round_trip(name, data, tmp_path):
     torch.manual_seed(0)
-    original = build(name)
+    original = build(name, data)
     batch = data.to_batch(np.arange(8))
     original.train_step(batch, 0)
     save_checkpoint({"generator": original.state_dict()}, tmp_path / "g.pt")
-    restored = build(name)
+    restored = build(name, data)
     restored.load_state_dict(load_checkpoint(tmp_path / "g.pt")["generator"])  # weights_only=True
     a, b = sample(original, 4, 5, data), sample(restored, 4, 5, data)
     assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
@@ -92,7 +115,7 @@ def test_generator_state_round_trip(name, data, tmp_path):
 
 def _train(name, data, run_dir, steps, interrupt_at=None, resume=False):
     seed_everything(3)  # as run_experiment does: seed, then build
-    gen = build(name)
+    gen = build(name, data)
     if interrupt_at is not None:
         step_fn = gen.train_step
 

@@ -13,7 +13,7 @@ from toolkit.registry import GENERATORS
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.loop import TrainingDiverged, batch_indices, checkpoint_path, train_generator
 from toolkit.train.runlog import RunLog
-from toolkit.train.sampling import deformed_masks, make_sampler
+from toolkit.train.sampling import make_sampler
 from toolkit.train.seeding import rng_state, seed_everything, set_rng_state
 from toolkit.types import DataSpec
 
@@ -107,12 +107,3 @@ def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
     image = events.Images("samples/real_vs_synthetic")[-1]
     assert image.step == 6 and image.width > image.height  # real grid left, synthetic right
     assert {"mask_area/real", "mask_area/synthetic"} <= set(tags["histograms"])
-
-
-def test_deformed_masks_stay_binary_and_vary():
-    masks = make_slices().to_batch().mask
-    out = deformed_masks(masks, torch.Generator().manual_seed(0))
-    assert out.shape == masks.shape
-    assert set(out.unique().tolist()) <= {0.0, 1.0}
-    assert not torch.equal(out, masks)
-    assert out.sum() > 0.5 * masks.sum()

@@ -23,7 +23,8 @@ import toolkit
 from toolkit import data as datalib
 from toolkit.config import Config, plugin_kwargs, resolve
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import EvalContext, Evaluator, Generator
+from toolkit.data.masks import build_mask_source
+from toolkit.plugin import EvalContext, Evaluator, Generator, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
 from toolkit.train.device import resolve_amp, resolve_channels_last, resolve_device, set_threads
 from toolkit.train.distributed import init_from_env
@@ -193,6 +194,10 @@ def run_experiment(
                     f"(fingerprint {prepared.fingerprint[:12]})")
 
         # Train: resume from the last checkpoint when asked.
+        masks_cfg = dict(config["masks"])
+        source = masks_cfg.pop("source")
+        mask_source = build_mask_source(source, prepared.train, **masks_cfg) if gen.needs_masks else None
+        gen.setup(TrainContext(train=prepared.train, mask_source=mask_source))
         sampler = make_sampler(gen, prepared.train)
         summary = train_generator(
             gen, prepared.train, config["train"], run_dir, runlog, sampler, seed=config["seed"],

@@ -12,6 +12,7 @@ import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -21,10 +22,30 @@ from toolkit.types import Batch, DataSpec
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+    from toolkit.data.masks import MaskSource
     from toolkit.data.slices import SliceSet
+    from toolkit.seg.baseline import BaselineStore
 
 #: Arguments the core passes to every plugin constructor; they are not config keys.
 CORE_ARGS = ("self", "spec", "device")
+
+
+@dataclass
+class TrainContext:
+    """What the core hands a generator before it trains or samples (``Generator.setup``).
+
+    Attributes:
+        train: the real training slices (never validation or test patients).
+        mask_source: where masks come from for a mask-to-image generator (the
+            ``masks`` config section); None for generators that make their own.
+        segmenter: a callable returning the frozen real-data baseline U-Net
+            (seed 0, trained on the training patients only, from the baseline
+            cache), built only when called; None where no segmenter is set up.
+    """
+
+    train: SliceSet
+    mask_source: MaskSource | None = None
+    segmenter: Callable[[], torch.nn.Module] | None = None
 
 
 class Generator(abc.ABC):
@@ -35,8 +56,9 @@ class Generator(abc.ABC):
     ``device`` first, then keyword-only config arguments with defaults.
 
     Class attributes:
-        needs_masks: True for mask-to-image models; the core then passes
-            ``masks`` to :meth:`sample`.
+        needs_masks: True for mask-to-image models: the core passes ``masks``
+            (and their ``cond``) to :meth:`sample`, drawn from the mask source
+            it hands over in :meth:`setup`; ``sample`` must return those masks.
         conditional: True when the model uses ``Batch.cond``.
         tiny: config overrides that make the model small and fast, for tests
             and the smoke profile.
@@ -51,6 +73,24 @@ class Generator(abc.ABC):
         self.device = torch.device(device)
         # Set by the training loop; generators wrap their forward passes in self.autocast().
         self.amp_dtype: torch.dtype | None = None
+        # Set by setup(): where a mask-to-image generator draws masks when sample() gets none.
+        self.mask_source: MaskSource | None = None
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Receive what the core provides before training or sampling (called once).
+
+        The default keeps the mask source. Override (and call ``super().setup``)
+        to use more, e.g. ``ctx.segmenter()`` for a segmentation-consistency loss.
+        """
+        self.mask_source = ctx.mask_source
+
+    def log_visuals(self, writer: SummaryWriter, step: int) -> None:
+        """Write generator-specific TensorBoard images or scalars (called at each sample grid).
+
+        The loop already logs a real-vs-synthetic grid and mask-area histograms;
+        override to add e.g. several renderings per mask or grids by condition.
+        Runs in eval mode under ``torch.no_grad``.
+        """
 
     @abc.abstractmethod
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
@@ -89,8 +129,18 @@ class Generator(abc.ABC):
         }
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The generator's networks, by attribute name."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+        """The generator's networks by attribute name, EMA copies included (as ``<name>.module``).
+
+        The loop uses this for memory format, train/eval mode and the
+        multi-process weight broadcast, so the network that samples is never missed.
+        """
+        out = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module):
+                out[name] = value
+            elif isinstance(getattr(value, "module", None), torch.nn.Module) and hasattr(value, "state_dict"):
+                out[f"{name}.module"] = value.module  # an EMA (toolkit.nn.ema.EMA) or the like
+        return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The generator's optimizers, by attribute name."""
@@ -117,8 +167,9 @@ class Generator(abc.ABC):
             obj.load_state_dict(state[name])
 
     def train(self, mode: bool = True) -> None:
-        for module in self.modules().values():
-            module.train(mode)
+        """Set the trained networks' mode; EMA copies always stay in eval mode."""
+        for name, module in self.modules().items():
+            module.train(mode and not name.endswith(".module"))
 
     def eval(self) -> None:
         self.train(False)

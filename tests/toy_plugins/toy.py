@@ -68,8 +68,8 @@ class ToyMaskToImage(Generator):
         return {"loss": loss.item()}
 
     def sample(self, n, cond=None, masks=None, generator=None) -> Batch:
-        if masks is None:
-            raise ValueError("toy_mask2image needs masks")
+        if masks is None:  # no masks given: draw from the source the core handed over in setup()
+            masks, cond = self.mask_source.draw(n, generator)
         noise = 0.05 * torch.randn(masks.shape, generator=generator)
         image = torch.tanh(self.levels(masks.to(self.device).reshape(-1, 1))).view_as(masks).cpu() + noise
         return Batch(image.clamp(-1, 1), masks.float(), cond)

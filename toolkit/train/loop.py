@@ -148,6 +148,10 @@ def train_generator(
             fake = sampler(GRID_SIZE, torch.Generator().manual_seed(seed + 11))
             writer.add_image("samples/real_vs_synthetic", real_vs_synthetic_grid(real, fake), done)
             writer.add_histogram("mask_area/synthetic", fake.mask.mean(dim=(1, 2, 3)), done)
+            gen.eval()
+            with torch.no_grad():
+                gen.log_visuals(writer, done)
+            gen.train()
 
         # Checkpoint: atomic, with RNG states so a resumed run continues exactly.
         if dist_info.is_main and (done % checkpoint_every == 0 or done == steps):

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from toolkit.data.masks import MaskSource, RealMasks
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import Generator
 from toolkit.types import Batch
@@ -15,48 +15,37 @@ from toolkit.types import Batch
 Sampler = Callable[[int, torch.Generator], Batch]
 
 
-def deformed_masks(masks: torch.Tensor, generator: torch.Generator, max_shift: float = 0.08,
-                   max_rotation_deg: float = 12.0, scale_range: tuple[float, float] = (0.85, 1.15)) -> torch.Tensor:
-    """Real masks under a random flip, rotation, scaling and shift: the default mask source.
-
-    Mask-to-image generators need masks; deforming real training masks gives
-    new shapes without inventing anatomy. Nearest-neighbour resampling keeps
-    them binary.
-    """
-    n = masks.shape[0]
-    u = torch.rand(n, 5, generator=generator)
-    angle = (u[:, 0] * 2 - 1) * np.deg2rad(max_rotation_deg)
-    scale = scale_range[0] + u[:, 1] * (scale_range[1] - scale_range[0])
-    shift = (u[:, 2:4] * 2 - 1) * max_shift * 2
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(masks.shape), align_corners=False)
-    return F.grid_sample(masks.float(), grid, mode="nearest", align_corners=False)
-
-
-def make_sampler(gen: Generator, train: SliceSet) -> Sampler:
+def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None = None) -> Sampler:
     """A function ``(n, torch.Generator) -> Batch`` that feeds the generator what it needs.
 
     Conditional generators get condition vectors drawn from the real training
-    slices; mask-to-image generators get deformed real training masks (and
-    those masks' conditions).
+    slices; mask-to-image generators get masks from ``mask_source`` (default:
+    the one the generator received in ``setup``, else the real training
+    masks) with those masks' own condition vectors, and must return them.
     """
     real = train.to_batch()
+    if gen.needs_masks and mask_source is None:
+        mask_source = gen.mask_source or RealMasks(train)
 
     def sample(n: int, generator: torch.Generator) -> Batch:
-        rows = torch.randint(len(real), (n,), generator=generator)
-        cond = real.cond[rows] if gen.conditional or gen.needs_masks else None
-        masks = deformed_masks(real.mask[rows], generator) if gen.needs_masks else None
-        was_training = [m.training for m in gen.modules().values()]
+        masks = None
+        if gen.needs_masks:
+            masks, cond = mask_source.draw(n, generator)
+        elif gen.conditional:
+            cond = real.cond[torch.randint(len(real), (n,), generator=generator)]
+        else:
+            cond = None
+        was_training = {name: m.training for name, m in gen.modules().items()}
         gen.eval()
         try:
             with torch.no_grad():
                 out = gen.sample(n, cond=cond, masks=masks, generator=generator)
         finally:
-            for module, mode in zip(gen.modules().values(), was_training):
-                module.train(mode)
+            for name, module in gen.modules().items():
+                module.train(was_training[name])
+        if masks is not None and not torch.equal(out.mask.cpu().float(), masks):
+            raise RuntimeError(f"{type(gen).__name__}.sample was given masks but returned other masks; "
+                               "a mask-to-image generator must return the masks it rendered")
         return Batch(out.image.cpu().float(), out.mask.cpu().float(), None if out.cond is None else out.cond.cpu())
 
     return sample

@@ -1,0 +1,68 @@
+"""Mask sources: plausible deformed masks with their own condition vectors, real masks, another run's masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from tests.conftest import make_slices
+from toolkit.data.masks import DeformedMasks, RealMasks, RunMasks, build_mask_source, check_source, mask_condition
+from toolkit.data.slices import SliceSet
+
+
+@pytest.fixture
+def train() -> SliceSet:
+    return make_slices(n_patients=3, slices_per_patient=8, size=32)
+
+
+def test_deformed_masks_differ_but_stay_one_plausible_gland(train):
+    source = DeformedMasks(train)
+    masks, cond = source.draw(64, torch.Generator().manual_seed(0))
+    assert masks.shape == (64, 1, 32, 32) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    originals, _ = RealMasks(train).draw(64, torch.Generator().manual_seed(0))  # same rows: same first draw
+    full = originals.flatten(1).any(1)
+    changed = [(not torch.equal(masks[i], originals[i])) for i in torch.nonzero(full).flatten().tolist()]
+    assert np.mean(changed) > 0.8, "most gland masks should be deformed"
+    low, high = source.area_range
+    for i in torch.nonzero(full).flatten().tolist():
+        m = masks[i, 0].numpy()
+        assert ndimage.label(m, structure=np.ones((3, 3)))[1] == 1
+        assert low <= m.mean() <= high
+    assert not masks[~full].any(), "slices without gland stay empty"
+
+
+def test_deformed_mask_condition_matches_the_mask_it_ships_with(train):
+    masks, cond = DeformedMasks(train).draw(32, torch.Generator().manual_seed(1))
+    assert torch.allclose(cond[:, 1], masks.mean(dim=(1, 2, 3)))
+    assert torch.allclose(mask_condition(masks, cond[:, 0]), cond)
+
+
+def test_draws_are_deterministic_given_the_generator(train):
+    a = DeformedMasks(train).draw(16, torch.Generator().manual_seed(3))
+    b = DeformedMasks(train).draw(16, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_real_masks_are_training_masks(train):
+    masks, cond = RealMasks(train).draw(10, torch.Generator().manual_seed(0))
+    real = {m.tobytes() for m in train.masks.astype(np.float32)}
+    assert all(m[0].numpy().tobytes() in real for m in masks)
+
+
+def test_run_source_reads_another_runs_synthetic_masks(train, tmp_path):
+    (tmp_path / "synthetic").mkdir()
+    train.save(tmp_path / "synthetic" / "synthetic.npz")
+    source = build_mask_source(f"run:{tmp_path}", train)
+    assert isinstance(source, RunMasks)
+    masks, cond = source.draw(8, torch.Generator().manual_seed(0))
+    assert masks.shape == (8, 1, 32, 32)
+    assert torch.allclose(cond[:, 1], masks.mean(dim=(1, 2, 3)))
+    with pytest.raises(Exception, match="synthetic.npz does not exist"):
+        build_mask_source(f"run:{tmp_path / 'nope'}", train)
+
+
+def test_unknown_source_names_the_valid_ones():
+    with pytest.raises(ValueError, match="deformed_real, real, run:<dir>"):
+        check_source("deformed")

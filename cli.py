@@ -113,6 +113,7 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
     """
     from toolkit.config import ConfigError
     from toolkit.experiment import RunError, load_run_config, run_experiment, summary_table
+    from toolkit.train.checkpoint import CheckpointError
 
     _load_plugins(plugins)
     if resume:
@@ -131,7 +132,7 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
         return
     try:
         run_dir = run_experiment(config, out=out, name=name, force=force, resume=resume, quiet=quiet)
-    except (RunError, ValueError, FileNotFoundError) as exc:
+    except (RunError, ValueError, OSError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
     if not quiet:

@@ -16,8 +16,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from tests.conftest import make_slices
-from toolkit.data.slices import SliceSet
 from toolkit.data.masks import DeformedMasks
+from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint

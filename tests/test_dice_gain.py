@@ -13,8 +13,13 @@ import torch
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext
 from toolkit.registry import EVALUATORS
+from toolkit.settings import SegSettings
 
 SIZE = 32
+# A tiny segmenter (seconds), and one where the U-Net learns the ellipses reliably in seconds.
+TINY_SEG = SegSettings(steps=12, batch_size=8, base_channels=4, depth=2, val_every=6, precision="fp32", threads=1)
+LEARNS_SEG = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=15, precision="fp32",
+                         threads=1)
 
 
 def ellipse_patients(n: int, seed: int, prefix: str = "p", slices: int = 8) -> SliceSet:
@@ -61,7 +66,8 @@ def as_synthetic(s: SliceSet) -> SliceSet:
                     np.arange(len(s), dtype=np.int64))
 
 
-def make_ctx(tmp_path: Path, synthetic: SliceSet, cache: Path | None = None, writer=None) -> EvalContext:
+def make_ctx(tmp_path: Path, synthetic: SliceSet, cache: Path | None = None, writer=None,
+             seg: SegSettings = TINY_SEG) -> EvalContext:
     train = ellipse_patients(3, seed=1, prefix="train")
     return EvalContext(
         train=train,
@@ -72,6 +78,7 @@ def make_ctx(tmp_path: Path, synthetic: SliceSet, cache: Path | None = None, wri
         run_dir=tmp_path / "run",
         cache_dir=cache or tmp_path / "cache",
         data_fingerprint="ellipses-v1",
+        seg=seg,
         writer=writer,
     )
 
@@ -98,8 +105,7 @@ class FakeWriter:
         pass
 
 
-# Settings where the U-Net learns the ellipses reliably in seconds.
-LEARNS = {"seeds": 2, "steps": 60, "lr": 3e-3, "base_channels": 8, "val_every": 15, "tstr": False}
+LEARNS = {"seeds": 2, "tstr": False}
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +124,11 @@ def oracle_and_noise(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(baseline_module, "train_unet", counting_train)
         oracle_ctx = make_ctx(tmp / "oracle", as_synthetic(ellipse_patients(3, seed=1, prefix="train")),
-                              cache=tmp / "cache", writer=FakeWriter())
+                              cache=tmp / "cache", writer=FakeWriter(), seg=LEARNS_SEG)
         oracle = evaluator(**LEARNS).evaluate(oracle_ctx)
         baseline_calls_first = list(calls)
         # A new evaluation (new ctx, nothing in memory) against the same cache folder.
-        noise_ctx = make_ctx(tmp / "noise", noise_set(24, seed=5), cache=tmp / "cache")
+        noise_ctx = make_ctx(tmp / "noise", noise_set(24, seed=5), cache=tmp / "cache", seg=LEARNS_SEG)
         noise = evaluator(**LEARNS).evaluate(noise_ctx)
     return {"oracle": oracle, "noise": noise, "oracle_ctx": oracle_ctx, "noise_ctx": noise_ctx,
             "first_calls": baseline_calls_first, "all_calls": list(calls)}
@@ -173,10 +179,10 @@ def test_outputs_tables_figure_and_tensorboard(oracle_and_noise):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["moved_most"]) == 3
     writer = ctx.writer
-    assert writer.scalars["dice_gain/dice_gain"] == oracle_and_noise["oracle"]["dice_gain"]
     assert writer.images["dice_gain/per_patient_dice"][1] == "HWC"
-    # The seed-0 baseline is shared with other evaluators and has a feature encoder.
-    unet = ctx.shared["baseline_unet"]
+    # The seed-0 baseline lives in the context's store (the seg feature space uses it) and has an encoder.
+    unet = ctx.baselines.model(0)
+    assert ctx.baselines.trained == 2  # both seeds were trained by this evaluation, none again here
     features = unet.encode(torch.zeros(2, 1, SIZE, SIZE))
     assert features.shape[0] == 2 and features.dim() == 4
 
@@ -185,8 +191,8 @@ def test_same_seed_same_results_and_threads_restored(tmp_path):
     synthetic = noise_set(16, seed=9)
     before_threads = torch.get_num_threads()
     before_det = torch.are_deterministic_algorithms_enabled()
-    first = evaluator(threads=1).evaluate(make_ctx(tmp_path / "a", synthetic))
-    second = evaluator(threads=1).evaluate(make_ctx(tmp_path / "b", synthetic))
+    first = evaluator().evaluate(make_ctx(tmp_path / "a", synthetic))
+    second = evaluator().evaluate(make_ctx(tmp_path / "b", synthetic))
     assert torch.get_num_threads() == before_threads
     assert torch.are_deterministic_algorithms_enabled() == before_det
     assert first["threads"] == 1 and first["baselines_trained"] == 1 == second["baselines_trained"]
@@ -218,8 +224,8 @@ def test_controls_report_gain_against_each(tmp_path):
 def test_bad_settings_and_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown control.*balanced_real"):
         evaluator(controls=["balance_real"])
-    with pytest.raises(ValueError, match="norm must be one of"):
-        evaluator(norm="layer")
+    with pytest.raises(ValueError, match="seg.norm"):
+        SegSettings(norm="layer")
     small = noise_set(4, seed=0)
     small = SliceSet(small.images[:, :16, :16], small.masks[:, :16, :16], small.cond, small.patient,
                      small.slice_index)
@@ -231,38 +237,35 @@ def test_config_section_validates_against_signature():
     from toolkit.config import ConfigError, validate_section
 
     cls = EVALUATORS.get("dice_gain")
-    validate_section(cls, {"controls": ["balanced_real"], "threads": 2, "seeds": 3}, "evaluators.dice_gain")
+    validate_section(cls, {"controls": ["balanced_real"], "seeds": 3}, "evaluators.dice_gain")
     with pytest.raises(ConfigError, match="seeds"):
         validate_section(cls, {"seeds": "three"}, "evaluators.dice_gain")
+    with pytest.raises(ConfigError, match="seeds.*>= 1.*got 0"):
+        validate_section(cls, {"seeds": 0}, "evaluators.dice_gain")
+    with pytest.raises(ConfigError, match="has moved to 'seg.steps'"):
+        validate_section(cls, {"steps": 300}, "evaluators.dice_gain")
 
 
 def test_baseline_cache_key_follows_the_exact_training_slices(tmp_path):
     """Same patients and slice count, different slices: a different baseline (slice selection varies)."""
-    import dataclasses
-
-    from toolkit.seg.baseline import baseline_key
-    from toolkit.seg.train import SegConfig
-
     ctx = make_ctx(tmp_path, ellipse_patients(2, seed=5, prefix="s"))
-    shifted = dataclasses.replace(ctx, train=ctx.train.select(np.arange(len(ctx.train))))
-    shifted.train.slice_index = shifted.train.slice_index + 1
-    config = SegConfig(steps=10)
-    assert len(shifted.train) == len(ctx.train)
-    assert baseline_key(ctx, 0, config) != baseline_key(shifted, 0, config)
+    shifted_train = ctx.train.select(np.arange(len(ctx.train)))
+    shifted_train.slice_index = shifted_train.slice_index + 1
+    shifted = make_ctx(tmp_path, ellipse_patients(2, seed=5, prefix="s"))
+    shifted.baselines.train = shifted_train
+    assert len(shifted_train) == len(ctx.train)
+    assert ctx.baselines.key(0, 1) != shifted.baselines.key(0, 1)
 
 
-def test_baseline_without_dice_gain_run_uses_the_runs_dice_gain_settings(tmp_path, monkeypatch):
-    import toolkit.seg.baseline as baseline
-
-    seen = {}
-
-    def fake_result(ctx, seed, config):
-        seen["config"] = config
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(baseline, "baseline_result", fake_result)
-    ctx = make_ctx(tmp_path, ellipse_patients(2, seed=5, prefix="s"))
-    ctx.config = {"run": {"tiny": False}, "evaluators": {"dice_gain": {"steps": 123, "base_channels": 8}}}
-    with pytest.raises(RuntimeError, match="stop here"):
-        baseline.load_or_train_baseline(ctx)
-    assert seen["config"].steps == 123 and seen["config"].base_channels == 8
+def test_fd_alone_on_a_finished_evaluation_matches_the_full_one(tmp_path):
+    """The seg feature space needs no dice_gain run before it: the same baseline, the same fd_seg."""
+    synthetic = noise_set(16, seed=9)
+    settings = {"features": "seg", "bootstrap": 0, "kid_subset_size": 8, "kid_subsets": 5}
+    fd = EVALUATORS.get("fd")
+    full_ctx = make_ctx(tmp_path / "full", synthetic, cache=tmp_path / "cache")
+    evaluator().evaluate(full_ctx)
+    full = fd(**settings).evaluate(full_ctx)
+    alone = fd(**settings).evaluate(make_ctx(tmp_path / "alone", synthetic, cache=tmp_path / "cache"))
+    assert alone["fd_seg"] == full["fd_seg"]
+    fresh = fd(**settings).evaluate(make_ctx(tmp_path / "fresh", synthetic, cache=tmp_path / "other-cache"))
+    assert fresh["fd_seg"] == pytest.approx(full["fd_seg"])  # retrained from scratch: deterministic

@@ -8,7 +8,14 @@ import torch
 from scipy import ndimage
 
 from tests.conftest import make_slices
-from toolkit.data.masks import DeformedMasks, RealMasks, RunMasks, build_mask_source, check_source, mask_condition
+from toolkit.data.masks import (
+    DeformedMasks,
+    RealMasks,
+    RunMasks,
+    build_mask_source,
+    check_source,
+    mask_condition,
+)
 from toolkit.data.slices import SliceSet
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 
 import numpy as np
@@ -10,13 +12,13 @@ import torch
 from test_dice_gain import SIZE, ellipse_patients, make_ctx, noise_set
 
 from toolkit.nn.unet import UNet
-from toolkit.seg import runtime
-from toolkit.seg.baseline import load_or_train_baseline
+from toolkit import runtime
 from toolkit.seg.predict import score_patients, stack_volumes
 from toolkit.seg.report import per_patient_plot
-from toolkit.seg.train import Pool, SegConfig, dice_bce_loss, train_unet
+from toolkit.seg.train import Pool, dice_bce_loss, train_unet
+from toolkit.settings import SegSettings
 
-TINY = SegConfig(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
+TINY = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
 
 
 def test_unet_shapes_encode_and_size_check():
@@ -47,9 +49,9 @@ def test_loss_is_small_for_confident_correct_logits():
 
 def test_seg_config_rejects_bad_values():
     with pytest.raises(ValueError, match="steps"):
-        SegConfig(steps=0)
+        SegSettings(steps=0)
     with pytest.raises(ValueError, match="precision"):
-        SegConfig(precision="fp16")
+        SegSettings(precision="fp16")
 
 
 def test_precision_resolution(monkeypatch):
@@ -114,24 +116,26 @@ def test_score_patients_reports_each_patient():
     assert all(0 <= s.dice <= 1 and s.hd95 >= 0 and s.n_slices == 8 for s in scores)
 
 
-def test_load_or_train_baseline_caches_and_encodes(tmp_path):
-    ctx = make_ctx(tmp_path, noise_set(8, seed=0))
-    kwargs = {"steps": 4, "batch_size": 4, "base_channels": 4, "depth": 2, "val_every": 4, "precision": "fp32"}
-    net = load_or_train_baseline(ctx, seed=0, **kwargs)
+def test_baseline_store_caches_and_encodes(tmp_path):
+    seg = SegSettings(steps=4, batch_size=4, base_channels=4, depth=2, val_every=4, precision="fp32", threads=1)
+    ctx = make_ctx(tmp_path, noise_set(8, seed=0), seg=seg)
+    net = ctx.baselines.model(0)
     assert net.encode(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 16, SIZE // 4, SIZE // 4)
     files = list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))
-    assert len(files) == 1
+    assert len(files) == 1 and ctx.baselines.trained == 1
+    assert ctx.baselines.model(0) is net  # memory
     # A fresh context (nothing in memory) loads the same weights from disk.
-    fresh = make_ctx(tmp_path, noise_set(8, seed=0))
-    again = load_or_train_baseline(fresh, seed=0, **kwargs)
+    fresh = make_ctx(tmp_path, noise_set(8, seed=0), seg=seg)
+    again = fresh.baselines.model(0)
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 1
-    # Another seed or config is another baseline.
-    load_or_train_baseline(fresh, seed=1, **kwargs)
+    assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 1 and fresh.baselines.trained == 0
+    # Another seed or other settings are another baseline.
+    fresh.baselines.model(1)
     assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 2
-    with pytest.raises(ValueError, match="unknown segmenter setting"):
-        load_or_train_baseline(fresh, seed=0, step=3)
+    other = make_ctx(tmp_path, noise_set(8, seed=0), seg=dataclasses.replace(seg, lr=2e-3))
+    other.baselines.model(0)
+    assert len(list((tmp_path / "cache" / "seg_baselines").glob("*.pt"))) == 3
 
 
 def test_per_patient_plot_is_an_rgb_image():
@@ -145,7 +149,7 @@ def test_per_patient_plot_is_an_rgb_image():
 def test_bf16_autocast_path_trains_and_predicts():
     # Emulated on CPUs without native bf16 (slow, hence 2 steps): checks dtypes flow end to end.
     train, val = ellipse_patients(2, seed=1), ellipse_patients(1, seed=2, prefix="v")
-    config = SegConfig(steps=2, batch_size=4, base_channels=4, depth=2, val_every=2, precision="bf16")
+    config = SegSettings(steps=2, batch_size=4, base_channels=4, depth=2, val_every=2, precision="bf16")
     native = runtime.cpu_supports_bf16()
     with contextlib.nullcontext() if native else pytest.warns(UserWarning, match="slower"):
         result = train_unet([Pool.of(train)], val, config, seed=0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,36 +23,78 @@ import yaml
 
 from toolkit.plugin import CORE_ARGS
 from toolkit.registry import EVALUATORS, GENERATORS, RegistryError, closest
+from toolkit.schema import ConfigError, check_type, check_value  # noqa: F401  (re-exported API)
+from toolkit.settings import (
+    MOVED,
+    SECTIONS,
+    DataSettings,
+    MaskSettings,
+    RunSettings,
+    SegSettings,
+    SplitSettings,
+    TrainSettings,
+    build_section,
+    defaults_dict,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PLUGIN_SECTIONS = ("generator", "evaluators")
 PROFILES = ("smoke", "quick", "full")
 
 
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message says what would be right."""
-
-
 @dataclass
 class Config:
-    """A resolved config: nested plain data plus where each leaf came from."""
+    """A resolved config: nested plain data, where each leaf came from, and the typed core sections.
 
-    data: dict[str, Any]
+    ``config.train.steps`` reads a typed setting; ``config["generator"]`` a plugin
+    section (plain keyword arguments); ``config.data`` is the ``data`` section
+    and ``config.raw`` the whole plain tree (what ``config.yaml`` holds).
+    """
+
+    raw: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        where = self.source_of
+        built = {name: build_section(cls, self.raw[name], name, where) for name, cls in SECTIONS.items()}
+        self.run: RunSettings = built["run"]
+        self.data: DataSettings = built["data"]
+        self.split: SplitSettings = built["split"]
+        self.masks: MaskSettings = built["masks"]
+        self.train: TrainSettings = built["train"]
+        self.seg: SegSettings = built["seg"]
+        check_value(self.raw["seed"], int, "seed", where("seed"))
+        self.seed: int = int(self.raw["seed"])
+
     def __getitem__(self, key: str) -> Any:
-        return self.data[key]
+        return self.raw[key]
 
     def get(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self.data
+        node: Any = self.raw
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
                 return default
             node = node[part]
         return node
 
+    def replace(self, changes: dict[str, Any], origin: str = "replace") -> Config:
+        """A copy with dotted keys replaced (e.g. a benchmark cell), validated like any layer."""
+        layer: dict[str, Any] = {}
+        for dotted, value in changes.items():
+            *parents, leaf = dotted.split(".")
+            node = layer
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        _check_against_schema(layer, defaults_dict(), origin)
+        raw, sources = copy.deepcopy(self.raw), dict(self.sources)
+        _merge(raw, layer, sources, origin)
+        config = Config(raw, sources)
+        validate_plugins(config)
+        return config
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+        return yaml.safe_dump(self.raw, sort_keys=False, default_flow_style=None)
 
     def source_of(self, dotted: str) -> str:
         """The layer that set ``dotted`` (or the nearest parent that did)."""
@@ -74,9 +115,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path) as f:  # a stream, so YAML errors name the file instead of <unicode string>
+            data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -140,7 +184,7 @@ def resolve(
     overrides: tuple[str, ...] | list[str] = (),
     config_dir: Path = CONFIG_DIR,
 ) -> Config:
-    """Merge the layers and validate the result.
+    """Merge the layers, validate the result and build the typed sections.
 
     Args:
         generator: generator name; selects ``configs/generators/<name>.yaml``
@@ -149,36 +193,31 @@ def resolve(
         config_files: user YAML files, applied in order.
         overrides: ``a.b=c`` strings, applied last.
     """
-    sources: dict[str, str] = {}
-    data: dict[str, Any] = {}
-    default_path = config_dir / "default.yaml"
-    _merge(data, load_yaml(default_path), sources, "configs/default.yaml")
-    schema = copy.deepcopy(data)
-
-    layers: list[tuple[str, dict[str, Any]]] = []
+    schema = defaults_dict()
+    layers: list[tuple[str, dict[str, Any]]] = [("configs/default.yaml", load_yaml(config_dir / "default.yaml"))]
     if profile is not None:
         path = config_dir / "profiles" / f"{profile}.yaml"
         if not path.is_file():
             valid = sorted(p.stem for p in (config_dir / "profiles").glob("*.yaml"))
             raise ConfigError(f"unknown profile '{profile}'.{closest(profile, valid)} Valid: {', '.join(valid)}")
         layers.append((f"configs/profiles/{profile}.yaml", load_yaml(path)))
-    set_layers = [("--set " + o, parse_override(o)) for o in overrides]
-    # The generator name may come from any layer, so find it before adding its own layer.
+    user = [(str(f), load_yaml(f)) for f in config_files] + [("--set " + o, parse_override(o)) for o in overrides]
+    # The generator name may come from any layer, so find it before adding its own layer (after the profile).
     name = generator
     if name is None:
-        probe: dict[str, Any] = copy.deepcopy(data)
-        for origin, layer in layers + [(str(f), load_yaml(f)) for f in config_files] + set_layers:
+        probe: dict[str, Any] = {}
+        for origin, layer in layers + user:
             _merge(probe, layer, {}, origin)
-        name = probe.get("run", {}).get("generator")
-    if name is not None:
-        path = config_dir / "generators" / f"{name}.yaml"
-        if path.is_file():
-            layers.append((f"configs/generators/{name}.yaml", load_yaml(path)))
-    layers += [(str(f), load_yaml(f)) for f in config_files]
-    layers += set_layers
+        name = (probe.get("run") or {}).get("generator", RunSettings.generator)
+    path = config_dir / "generators" / f"{name}.yaml"
+    if isinstance(name, str) and path.is_file():
+        layers.append((f"configs/generators/{name}.yaml", load_yaml(path)))
+    layers += user
     if generator is not None:
         layers.append(("--generator", {"run": {"generator": generator}}))
 
+    data: dict[str, Any] = copy.deepcopy(schema)
+    sources: dict[str, str] = {}
     for origin, layer in layers:
         _check_against_schema(layer, schema, origin)
         _merge(data, layer, sources, origin)
@@ -191,54 +230,30 @@ def resolve(
 
 
 def _check_against_schema(layer: dict[str, Any], schema: dict[str, Any], origin: str, prefix: str = "") -> None:
+    """Keys and nesting of one layer (types and ranges are checked when the sections are built)."""
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
-        if key not in schema:
-            valid = sorted(schema)
-            raise ConfigError(
-                f"unknown config key '{dotted}' (from {origin}).{closest(str(key), valid)} "
-                f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
-            )
         if not prefix and key in PLUGIN_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{dotted}' (from {origin}) must be a mapping of keyword arguments")
             continue  # checked against the plugin signature once the plugin is known
-        default = schema[key]
-        if isinstance(default, dict):
+        if key not in schema:
+            hint = f" It has moved to '{MOVED[dotted]}'." if dotted in MOVED else closest(str(key), sorted(schema))
+            raise ConfigError(
+                f"unknown config key '{dotted}' (from {origin}).{hint} "
+                f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(schema))}"
+            )
+        if isinstance(schema[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"'{dotted}' (from {origin}) must be a mapping, got {value!r}")
-            _check_against_schema(value, default, origin, dotted + ".")
-        elif default is not None and not _same_kind(value, default):
-            raise ConfigError(
-                f"config key '{dotted}' (from {origin}) must be {_kind_name(default)} "
-                f"like the default {default!r}, got {value!r} ({type(value).__name__})"
-            )
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, list):
-        return isinstance(value, list)
-    return True
-
-
-def _kind_name(default: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            list: "a list"}.get(type(default), type(default).__name__)
+            _check_against_schema(value, schema[key], origin, dotted + ".")
 
 
 def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
     """Config keys of a plugin: name -> (type hint, default) from its constructor."""
     init = cls.__init__
     try:
-        hints = typing.get_type_hints(init)
+        hints = typing.get_type_hints(init, include_extras=True)
     except Exception:  # unresolvable annotations: fall back to no type checks
         hints = {}
     params = {}
@@ -249,50 +264,15 @@ def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
     return params
 
 
-def check_type(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a type hint (int fits float; None fits Optional)."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(check_type(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(check_type(v, a) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        return all(check_type(v, inner) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _hint_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
-
-
 def validate_section(cls: type, section: dict[str, Any], where: str, config: Config | None = None) -> None:
     """Check a plugin's config section against its constructor signature."""
     params = plugin_params(cls)
     for key, value in section.items():
         dotted = f"{where}.{key}"
         origin = config.source_of(dotted) if config else "config"
+        if key not in params and dotted in MOVED:
+            raise ConfigError(f"config key '{dotted}' (from {origin}) has moved to '{MOVED[dotted]}': the "
+                              "segmenter is a core section shared by dice_gain and the seg feature space")
         if key not in params:
             valid = sorted(params)
             raise ConfigError(
@@ -300,11 +280,7 @@ def validate_section(cls: type, section: dict[str, Any], where: str, config: Con
                 f"{closest(str(key), valid)} Valid keys: {', '.join(valid) or 'none'}"
             )
         hint, default = params[key]
-        if not check_type(value, hint):
-            raise ConfigError(
-                f"config key '{dotted}' (from {origin}) must be {_hint_name(hint)} "
-                f"(default {default!r}), got {value!r} ({type(value).__name__})"
-            )
+        check_value(value, hint, dotted, origin, default)
 
 
 def validate_plugins(config: Config) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from toolkit.data.masks import MaskSource
     from toolkit.data.slices import SliceSet
     from toolkit.seg.baseline import BaselineStore
+    from toolkit.settings import SegSettings
 
 #: Arguments the core passes to every plugin constructor; they are not config keys.
 CORE_ARGS = ("self", "spec", "device")
@@ -91,6 +92,7 @@ class Generator(abc.ABC):
         override to add e.g. several renderings per mask or grids by condition.
         Runs in eval mode under ``torch.no_grad``.
         """
+        return None
 
     @abc.abstractmethod
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
@@ -175,6 +177,30 @@ class Generator(abc.ABC):
         self.train(False)
 
 
+class Memo:
+    """Values computed once per evaluation and reused by the evaluators that need the same thing.
+
+    ``ctx.memo.get_or_compute(key, fn)``: e.g. real-set features of one
+    feature space, shared by ``fd``, ``prdc`` and ``memorization``. Keys name
+    what was computed, never a plugin; models are not passed around here (the
+    segmenter lives in ``ctx.baselines``).
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
 @dataclass
 class EvalContext:
     """What an evaluator gets to look at.
@@ -188,11 +214,13 @@ class EvalContext:
         cache_dir: a folder for results worth keeping across runs (baselines,
             real-set feature statistics), keyed by the evaluator.
         data_fingerprint: a hash of the real data and its preprocessing.
+        seg: the segmenter settings (the core ``seg`` section).
+        baselines: the real-data baseline U-Nets by seed (cached), shared by
+            ``dice_gain`` and the ``seg`` feature space.
         seed: the experiment seed.
         writer: TensorBoard writer, or None.
-        shared: a scratch dict shared by the evaluators of one evaluation, so a
-            model one evaluator trained can serve another.
-        config: the run's resolved config (plain data), or None outside a run.
+        step: the TensorBoard step to log at (the run's final training step).
+        memo: values computed once per evaluation (see :class:`Memo`).
     """
 
     train: SliceSet
@@ -203,10 +231,25 @@ class EvalContext:
     run_dir: Path
     cache_dir: Path
     data_fingerprint: str
+    seg: SegSettings = field(default_factory=lambda: _default_seg())
+    baselines: BaselineStore | None = None
     seed: int = 0
     writer: SummaryWriter | None = None
-    shared: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] | None = None
+    step: int = 0
+    memo: Memo = field(default_factory=Memo)
+
+    def __post_init__(self) -> None:
+        if self.baselines is None:
+            from toolkit.seg.baseline import BaselineStore
+
+            self.baselines = BaselineStore(self.train, self.val, self.data_fingerprint, self.seg, self.device,
+                                           self.cache_dir)
+
+
+def _default_seg() -> SegSettings:
+    from toolkit.settings import SegSettings
+
+    return SegSettings()
 
 
 class Evaluator(abc.ABC):

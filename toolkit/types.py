@@ -14,8 +14,8 @@ class DataSpec:
     Attributes:
         image_size: side of the square slices in pixels (64, 128 or 256).
         channels: image channels (1 for a T2 slice).
-        cond_dim: length of the per-slice condition vector
-            (relative position in the gland's z-extent, gland area fraction).
+        cond_dim: length of the per-slice condition vector (``toolkit.data.slices.COND_NAMES``:
+            relative position in the gland's z-extent, gland area fraction); the core sets it from the data.
     """
 
     image_size: int = 64

@@ -3,7 +3,8 @@
 Protocol (docs/evaluation.md has the full text):
 
 1. Baseline: a U-Net trained on the real training slices (cached per data,
-   split, segmenter config and seed).
+   split, segmenter settings and seed; ``ctx.baselines``). The U-Net's
+   settings are the core ``seg`` section, shared with the ``seg`` feature space.
 2. Augmented: the same U-Net, same seed, same number of optimizer steps, on
    batches drawn from real and synthetic slices at ``ratio`` synthetic:real.
 3. TSTR: the same, on synthetic slices only.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,11 +31,11 @@ import torch
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
-from toolkit.seg.baseline import baseline_result, seg_config
+from toolkit.runtime import reproducible, resolve_precision
+from toolkit.schema import PositiveFloat, PositiveInt, Range
 from toolkit.seg.controls import CONTROLS, blur, gland_share_weights, match_sharpness
 from toolkit.seg.predict import predict_probs, score_patients
 from toolkit.seg.report import per_patient_plot, save_png, write_csv
-from toolkit.seg.runtime import reproducible, resolve_precision
 from toolkit.seg.stats import movers, paired_summary
 from toolkit.seg.train import Pool, TrainResult, train_unet
 
@@ -66,61 +67,34 @@ class DiceGain(Evaluator):
     )
     primary: ClassVar[str] = "dice_gain"
     higher_is_better: ClassVar[bool] = True
-    tiny: ClassVar[dict[str, Any]] = {
-        "seeds": 1, "steps": 12, "batch_size": 8, "base_channels": 4, "depth": 2, "val_every": 6,
-        "bootstrap": 200, "threads": 1, "precision": "fp32",
-    }
+    tiny: ClassVar[dict[str, Any]] = {"seeds": 1, "bootstrap": 200}
 
     def __init__(
         self,
         *,
-        seeds: int = 3,  # U-Net seeds per arm: 0 .. seeds-1, whatever the experiment seed
-        steps: int = 200,  # optimizer steps per arm (the same for every arm)
-        batch_size: int = 32,  # slices per step
-        lr: float = 1e-3,  # Adam learning rate
-        base_channels: int = 16,  # U-Net width of the first level
-        depth: int = 4,  # U-Net downsamplings (4: 64 x 64 -> 4 x 4 bottleneck)
-        norm: str = "batch",  # batch | instance | group | none
-        val_every: int = 50,  # steps between validations for model selection
-        augment: bool = True,  # flips, small affine and intensity jitter on training batches
-        elastic: float = 0.0,  # elastic deformation strength; 0 disables
-        ratio: float = 1.0,  # synthetic:real share of each augmented batch
+        seeds: PositiveInt = 3,  # U-Net seeds per arm: 0 .. seeds-1, whatever the experiment seed
+        ratio: PositiveFloat = 1.0,  # synthetic:real share of each augmented batch
         tstr: bool = True,  # also train on synthetic only (train-synthetic-test-real)
         controls: tuple[str, ...] = (),  # control arms: balanced_real, blurred_real
         label_fidelity: bool = True,  # baseline U-Net Dice on synthetic images vs their masks
-        precision: str = "auto",  # auto | fp32 | bf16 (auto: bf16 where the hardware runs it natively)
-        channels_last: bool = True,  # NHWC layout, faster on CPUs
-        threads: int | None = None,  # torch CPU threads during the evaluation; null: the current count
-        bootstrap: int = 2000,  # bootstrap resamples for the 95% CI
+        bootstrap: Annotated[int, Range(min=100)] = 2000,  # bootstrap resamples for the 95% CI
     ) -> None:
         unknown = sorted(set(controls) - set(CONTROLS))
         if unknown:
             raise ValueError(f"evaluators.dice_gain.controls: unknown control(s) {unknown}; "
                              f"valid: {', '.join(CONTROLS)}")
-        if seeds < 1:
-            raise ValueError(f"evaluators.dice_gain.seeds must be at least 1, got {seeds}")
-        if ratio <= 0:
-            raise ValueError(f"evaluators.dice_gain.ratio must be positive, got {ratio}")
-        if bootstrap < 100:
-            raise ValueError(f"evaluators.dice_gain.bootstrap needs at least 100 resamples, got {bootstrap}")
-        self.seg = seg_config(
-            steps=steps, batch_size=batch_size, lr=lr, base_channels=base_channels, depth=depth, norm=norm,
-            val_every=val_every, augment=augment, elastic=elastic, precision=precision,
-            channels_last=channels_last,
-        )
         self.seeds = seeds
         self.ratio = float(ratio)
         self.tstr = tstr
         self.controls = tuple(controls)
         self.label_fidelity = label_fidelity
-        self.threads = threads
         self.bootstrap = bootstrap
 
     # The evaluation -------------------------------------------------------------------------
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         _check_sets(ctx)
-        with reproducible(self.threads, ctx.device) as threads:
+        with reproducible(ctx.seg.threads, ctx.device) as threads:
             return self._evaluate(ctx, threads)
 
     def _arms(self, ctx: EvalContext) -> tuple[dict[str, list[Pool]], dict[str, float]]:
@@ -156,7 +130,8 @@ class DiceGain(Evaluator):
     def _evaluate(self, ctx: EvalContext, threads: int) -> dict[str, float]:
         started = time.perf_counter()
         out_dir = ctx.run_dir / "dice_gain"
-        amp = resolve_precision(self.seg.precision, ctx.device)
+        seg = ctx.seg
+        amp = resolve_precision(seg.precision, ctx.device)
         # U-Net seeds do not follow the experiment seed, so generator seeds share cached baselines.
         seeds = list(range(self.seeds))
         arms, info = self._arms(ctx)
@@ -168,20 +143,20 @@ class DiceGain(Evaluator):
         hd = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
         rows, arm_rows = [], []
         baselines_trained = 0
-        baseline_models: list[TrainResult] = []
+        baseline_models: list[TrainResult] = []  # seed order
         for i, seed in enumerate(seeds):
             for arm in arm_names:
                 if arm == "baseline":
-                    result, trained = baseline_result(ctx, seed, self.seg)
+                    result, trained = ctx.baselines.get(seed)
                     baselines_trained += int(trained)
                     baseline_models.append(result)
                 else:
-                    result, trained = train_unet(arms[arm], ctx.val, self.seg, seed, ctx.device), True
+                    result, trained = train_unet(arms[arm], ctx.val, seg, seed, ctx.device), True
                 log.info("dice_gain: seed %d %s: val Dice %.3f at step %d (%s, %.0f s)", seed, arm,
                          result.best_val_dice, result.best_step, "trained" if trained else "cached",
                          result.seconds)
                 scores = score_patients(result.model, ctx.test, device=ctx.device, amp_dtype=amp,
-                                        channels_last=self.seg.channels_last)
+                                        channels_last=seg.channels_last)
                 for j, s in enumerate(scores):
                     dice[arm][i, j], hd[arm][i, j] = s.dice, s.hd95
                     rows.append({"arm": arm, "seed": seed, **vars(s)})
@@ -190,11 +165,6 @@ class DiceGain(Evaluator):
                     "best_step": result.best_step, "best_val_dice": float(result.best_val_dice),
                     "train_seconds": float(result.seconds), "trained_now": int(trained),
                 })
-
-        # Share the seed-0 baseline with other evaluators (the seg feature space).
-        ctx.shared["baseline_unet"] = baseline_models[0].model
-        ctx.shared["baseline_unet_config"] = self.seg.to_dict()
-        ctx.shared["baseline_unet_threads"] = threads
 
         # Statistics: the gain and its uncertainty, per arm summaries, controls.
         gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=0)
@@ -215,14 +185,14 @@ class DiceGain(Evaluator):
             metrics.update(summary.as_metrics(f"dice_gain_vs_{control}"))
             metrics[f"{control}_gain"] = float((dice[control] - dice["baseline"]).mean())
         if self.label_fidelity:
-            metrics.update(self._label_fidelity(ctx, baseline_models[0].model, amp))
+            metrics.update(self._label_fidelity(ctx, baseline_models[0].model, amp, seg.channels_last))
         else:
             metrics["label_fidelity_dice"] = float("nan")
         metrics.update({k: float(v) for k, v in info.items()})
         metrics.update({
             "threads": float(threads),
             "seeds": float(len(seeds)),
-            "steps": float(self.seg.steps),
+            "steps": float(seg.steps),
             "ratio": self.ratio,
             "bf16": float(amp is torch.bfloat16),
             "n_train_patients": float(len(ctx.train.patients())),
@@ -235,11 +205,11 @@ class DiceGain(Evaluator):
         return metrics
 
     @torch.no_grad()
-    def _label_fidelity(self, ctx: EvalContext, model: torch.nn.Module, amp: torch.dtype | None) -> dict[str, float]:
+    def _label_fidelity(self, ctx: EvalContext, model: torch.nn.Module, amp: torch.dtype | None,
+                        channels_last: bool) -> dict[str, float]:
         """Does the synthetic mask match what the real-trained U-Net sees in the synthetic image?"""
         syn = ctx.synthetic
-        pred = predict_probs(model, syn.images, device=ctx.device, amp_dtype=amp,
-                             channels_last=self.seg.channels_last) > 0.5
+        pred = predict_probs(model, syn.images, device=ctx.device, amp_dtype=amp, channels_last=channels_last) > 0.5
         truth = syn.masks.astype(bool)
         inter = np.logical_and(pred, truth).reshape(len(syn), -1).sum(1)
         total = pred.reshape(len(syn), -1).sum(1) + truth.reshape(len(syn), -1).sum(1)
@@ -276,15 +246,12 @@ class DiceGain(Evaluator):
         summary = {
             "metrics": {k: (v if np.isfinite(v) else None) for k, v in metrics.items()},  # valid JSON
             "moved_most": [{"patient": p, "gain": g} for p, g in movers(patients, gain.per_patient)],
-            "segmenter": self.seg.to_dict(),
+            "segmenter": ctx.seg.to_dict(),
             "controls": list(self.controls),
             "ci_covers": "U-Net seeds and test patients, for one training subset and one trained generator",
         }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
-        if ctx.writer is not None:
-            for key, value in metrics.items():
-                if np.isfinite(value):
-                    ctx.writer.add_scalar(f"dice_gain/{key}", value)
-            ctx.writer.add_image("dice_gain/per_patient_dice", figure, dataformats="HWC")
+        if ctx.writer is not None:  # scalars are logged by the core as eval/dice_gain/*
+            ctx.writer.add_image("dice_gain/per_patient_dice", figure, ctx.step, dataformats="HWC")
             ctx.writer.flush()

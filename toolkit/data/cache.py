@@ -20,7 +20,7 @@ from toolkit.data.layouts import Case
 from toolkit.data.slices import SliceSet
 
 #: Bump when preprocessing changes what the same settings produce.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: slices carry their spacing
 #: The settings that change the slices a load produces.
 SETTINGS = ("image_size", "crop_fraction", "percentiles", "msd_channel", "empty_mask")
 
@@ -31,8 +31,11 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ganseg"
 
 
-def settings_of(data_cfg: dict, layout: str) -> dict:
-    return {"layout": layout, "version": PREPROCESS_VERSION, **{k: data_cfg.get(k) for k in SETTINGS}}
+def settings_of(data_cfg, layout: str) -> dict:
+    """The preprocessing settings of a ``DataSettings`` that decide the slices, as plain data."""
+    values = {k: getattr(data_cfg, k) for k in SETTINGS}
+    values["percentiles"] = list(values["percentiles"])
+    return {"layout": layout, "version": PREPROCESS_VERSION, **values}
 
 
 def _files(cases: list[Case]) -> list[Path]:

@@ -16,6 +16,7 @@ from toolkit.data.errors import DataError
 from toolkit.data.layouts import find_cases
 from toolkit.data.preprocess import EmptyMask, preprocess_case
 from toolkit.data.slices import SliceSet
+from toolkit.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def phantom_dir(n_patients: int, seed: int, cache: Path | None = None) -> Path:
     return out
 
 
-def load_dataset(data_cfg: dict, cache: Path | None = None) -> tuple[SliceSet, str]:
+def load_dataset(data_cfg: DataSettings, cache: Path | None = None) -> tuple[SliceSet, str]:
     """All axial slices of every patient, and the data fingerprint.
 
     Slices keep volume order within each patient; patients are sorted by id.
@@ -59,18 +60,15 @@ def load_dataset(data_cfg: dict, cache: Path | None = None) -> tuple[SliceSet, s
         DataError: any bad input, naming the file and what would be right.
     """
     root = Path(cache) if cache is not None else cache_mod.cache_dir()
-    path = data_cfg.get("path")
-    layout = data_cfg.get("layout", "auto")
+    path, layout = data_cfg.path, data_cfg.layout
     if path is None:
-        path = phantom_dir(int(data_cfg.get("phantom_patients", 32)), int(data_cfg.get("phantom_seed", 0)), root)
+        path = phantom_dir(data_cfg.phantom_patients, data_cfg.phantom_seed, root)
         layout = "msd"
-    empty_mode = data_cfg.get("empty_mask", "error")
-    if empty_mode not in ("error", "skip"):
-        raise DataError(f"data.empty_mask must be 'error' or 'skip', got {empty_mode!r}")
-    layout, cases = find_cases(Path(path).expanduser(), layout, data_cfg.get("image_name"),
-                               data_cfg.get("mask_name"), int(data_cfg.get("msd_channel", 0)))
+    empty_mode = data_cfg.empty_mask
+    layout, cases = find_cases(Path(path).expanduser(), layout, data_cfg.image_name, data_cfg.mask_name,
+                               data_cfg.msd_channel)
     settings = cache_mod.settings_of(data_cfg, layout)
-    use_cache = bool(data_cfg.get("cache", True))
+    use_cache = data_cfg.cache
     slices_root = root / "slices"
     key = cache_mod.stat_key(cases, settings)
     if use_cache:
@@ -93,7 +91,7 @@ def load_dataset(data_cfg: dict, cache: Path | None = None) -> tuple[SliceSet, s
             continue
         n = len(arrays["images"])
         parts.append(SliceSet(arrays["images"], arrays["masks"], arrays["cond"],
-                              np.full(n, case.patient), arrays["slice_index"]))
+                              np.full(n, case.patient), arrays["slice_index"], arrays["spacing"]))
     if not parts:
         raise DataError(f"{path}: every patient was skipped (empty masks); no slices to load")
     ss = SliceSet.concat(parts)
@@ -105,7 +103,7 @@ def load_dataset(data_cfg: dict, cache: Path | None = None) -> tuple[SliceSet, s
     return ss, fp
 
 
-def select_slices(ss: SliceSet, data_cfg: dict, seed: int) -> SliceSet:
+def select_slices(ss: SliceSet, data_cfg: DataSettings, seed: int) -> SliceSet:
     """The training slices: all, or each patient's gland extent plus a margin.
 
     With ``slices: gland`` every slice within ``slice_margin`` of a patient's
@@ -113,16 +111,9 @@ def select_slices(ss: SliceSet, data_cfg: dict, seed: int) -> SliceSet:
     candidates are subsampled (seeded) so that at most ``empty_fraction`` of
     the kept slices have no gland.
     """
-    mode = data_cfg.get("slices", "gland")
-    if mode == "all":
+    if data_cfg.slices == "all":
         return ss
-    if mode != "gland":
-        raise DataError(f"data.slices must be 'all' or 'gland', got {mode!r}")
-    margin = int(data_cfg.get("slice_margin", 2))
-    frac = float(data_cfg.get("empty_fraction", 0.1))
-    if margin < 0 or not 0 <= frac < 1:
-        raise DataError(f"data.slice_margin must be >= 0 and data.empty_fraction in [0, 1), "
-                        f"got {margin} and {frac}")
+    margin, frac = data_cfg.slice_margin, data_cfg.empty_fraction
     rng = np.random.default_rng(seed)
     has = ss.has_gland()
     keep = np.zeros(len(ss), dtype=bool)

@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.special import expit
+
+from toolkit.data.volumes import write_volume
 
 #: Bump when the anatomy or imaging model changes (the cached phantom is keyed on it).
 PHANTOM_VERSION = 2
@@ -293,8 +294,8 @@ def write_phantom(out: Path, n_patients: int = 32, seed: int = 0) -> Path:
         affine[:3, 3] = [(SHAPE[0] - 1) / 2 * s, (SHAPE[1] - 1) / 2 * s, -(SHAPE[2] - 1) / 2 * SLICE_MM]
         name = f"prostate_{i:0{width}d}.nii.gz"
         img_lps = np.ascontiguousarray(np.clip(np.round(img[::-1, ::-1]), 0, 32767).astype(np.int16))
-        nib.save(nib.Nifti1Image(img_lps, affine), str(out / "imagesTr" / name))
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(mask[::-1, ::-1]), affine), str(out / "labelsTr" / name))
+        write_volume(out / "imagesTr" / name, img_lps, affine)
+        write_volume(out / "labelsTr" / name, np.ascontiguousarray(mask[::-1, ::-1]), affine)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}",
                          "landmarks_ras_mm": {k: [round(v, 2) for v in c] for k, c in landmarks.items()}})
     meta = {

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from toolkit.data.errors import DataError
 from toolkit.data.layouts import Case
 from toolkit.data.volumes import Volume, axial_slices, read_volume
+from toolkit.settings import DataSettings
 
 #: More distinct values than this in a "mask" means it is an image, not a label map.
 MAX_LABELS = 16
@@ -118,7 +119,7 @@ def condition(masks: np.ndarray) -> np.ndarray:
     return np.stack([rel.astype(np.float32), area], axis=1)
 
 
-def preprocess_case(case: Case, cfg: dict) -> dict[str, np.ndarray]:
+def preprocess_case(case: Case, cfg: DataSettings) -> dict[str, np.ndarray]:
     """Read and preprocess one case into arrays of a SliceSet (without patient ids).
 
     Raises:
@@ -127,24 +128,25 @@ def preprocess_case(case: Case, cfg: dict) -> dict[str, np.ndarray]:
     """
     image = read_volume(case.image)
     mask = read_volume(case.mask)
-    image_arr = pick_channel(image, int(cfg.get("msd_channel", 0)))
+    image_arr = pick_channel(image, cfg.msd_channel)
     check_pair(Volume(image_arr, image.affine, image.path), mask)
     labels = check_labels(mask, case.allowed_labels)
     if not (labels > 0).any():
         raise EmptyMask(f"{mask.path}: mask has no foreground in the whole volume (patient {case.patient}); "
                         f"set data.empty_mask: skip to leave such patients out")
-    sx, sy, _ = image.spacing
+    sx, sy, sz = image.spacing
     img = axial_slices(image_arr)
     gland = axial_slices(labels > 0)
-    img = normalise(img, tuple(cfg.get("percentiles", (0.5, 99.5))), image.path)
-    rows, cols = crop_box(img.shape[1], img.shape[2], (sy, sx), float(cfg.get("crop_fraction", 1.0)))
-    size = int(cfg.get("image_size", 64))
-    if size not in (32, 64, 128, 256):
-        raise DataError(f"data.image_size must be 64, 128 or 256 (32 for tests), got {size}")
+    img = normalise(img, tuple(cfg.percentiles), image.path)
+    rows, cols = crop_box(img.shape[1], img.shape[2], (sy, sx), cfg.crop_fraction)
+    size = cfg.image_size
     images, masks = resize(img[:, rows, cols], gland[:, rows, cols], size)
+    # Millimetres per preprocessed pixel (rows, columns) and between slices, for export headers.
+    spacing = np.array([(rows.stop - rows.start) * sy / size, (cols.stop - cols.start) * sx / size, sz], np.float32)
     return {
         "images": images.astype(np.float32),
         "masks": masks,
         "cond": condition(masks),
         "slice_index": np.arange(len(images), dtype=np.int64),
+        "spacing": np.tile(spacing, (len(images), 1)),
     }

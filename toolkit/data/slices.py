@@ -9,6 +9,10 @@ import torch
 
 from toolkit.types import Batch
 
+#: The per-slice condition vector: relative position in the gland's z-extent, gland area fraction.
+COND_NAMES = ("position", "area")
+COND_DIM = len(COND_NAMES)
+
 
 @dataclass
 class SliceSet:
@@ -17,12 +21,15 @@ class SliceSet:
     Attributes:
         images: float32 [N, H, W], intensities scaled to [-1, 1] per volume.
         masks: uint8 [N, H, W] with values in {0, 1}.
-        cond: float32 [N, 2]: relative slice position within the gland's
+        cond: float32 [N, COND_DIM]: relative slice position within the gland's
             z-extent (0 at the first gland slice, 1 at the last; outside that
             range beyond the gland) and gland area fraction of the slice.
         patient: str [N], the patient id of each slice.
         slice_index: int64 [N], the slice's index in its (canonically
             oriented) volume.
+        spacing: float32 [N, 3], millimetres per pixel of the preprocessed
+            slice (rows, columns) and between slices, so an export writes
+            correct headers; ones where unknown.
     """
 
     images: np.ndarray
@@ -30,10 +37,13 @@ class SliceSet:
     cond: np.ndarray
     patient: np.ndarray
     slice_index: np.ndarray
+    spacing: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        for name in ("masks", "cond", "patient", "slice_index"):
+        if self.spacing is None:
+            self.spacing = np.ones((n, 3), dtype=np.float32)
+        for name in ("masks", "cond", "patient", "slice_index", "spacing"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"SliceSet.{name} has {len(getattr(self, name))} rows, images has {n}")
 
@@ -57,6 +67,7 @@ class SliceSet:
             self.cond[rows],
             self.patient[rows],
             self.slice_index[rows],
+            self.spacing[rows],
         )
 
     def of_patients(self, patients: list[str]) -> SliceSet:
@@ -86,22 +97,28 @@ class SliceSet:
         )
 
     @classmethod
-    def from_batch(cls, batch: Batch, patient: str = "synthetic") -> SliceSet:
-        """A SliceSet from generated tensors (cond zero-filled when absent)."""
+    def from_batch(cls, batch: Batch, patient: str = "synthetic", cond_dim: int = COND_DIM,
+                   spacing: np.ndarray | None = None) -> SliceSet:
+        """A SliceSet from generated tensors (cond zero-filled when absent; one spacing [3] for every row)."""
         n = len(batch)
-        cond = batch.cond if batch.cond is not None else torch.zeros(n, 2)
+        cond = batch.cond if batch.cond is not None else torch.zeros(n, cond_dim)
         return cls(
             batch.image[:, 0].detach().cpu().numpy().astype(np.float32),
             (batch.mask[:, 0].detach().cpu().numpy() > 0.5).astype(np.uint8),
             cond.detach().cpu().numpy().astype(np.float32),
             np.full(n, patient),
             np.arange(n, dtype=np.int64),
+            None if spacing is None else np.tile(np.asarray(spacing, np.float32), (n, 1)),
         )
+
+    def median_spacing(self) -> np.ndarray:
+        """The typical pixel and slice spacing [3] in mm (what a synthetic set inherits)."""
+        return np.median(self.spacing, axis=0).astype(np.float32) if len(self) else np.ones(3, np.float32)
 
     @classmethod
     def concat(cls, parts: list[SliceSet]) -> SliceSet:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("images", "masks", "cond", "patient", "slice_index")))
+                     ("images", "masks", "cond", "patient", "slice_index", "spacing")))
 
     def save(self, path) -> None:
         """Write as a compressed .npz."""
@@ -112,9 +129,11 @@ class SliceSet:
             cond=self.cond,
             patient=self.patient.astype(str),
             slice_index=self.slice_index,
+            spacing=self.spacing,
         )
 
     @classmethod
     def load(cls, path) -> SliceSet:
         with np.load(path, allow_pickle=False) as f:
-            return cls(f["images"], f["masks"], f["cond"], f["patient"], f["slice_index"])
+            spacing = f["spacing"] if "spacing" in f.files else None  # sets written before spacing was kept
+            return cls(f["images"], f["masks"], f["cond"], f["patient"], f["slice_index"], spacing)

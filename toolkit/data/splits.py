@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from toolkit.data.errors import DataError
+from toolkit.settings import SplitSettings
 
 
-def split_patients(patients: list[str], split_cfg: dict) -> dict[str, list[str]]:
+def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, list[str]]:
     """Split patient ids into train / val / test.
 
     Test patients are drawn first, then validation, from one seeded
@@ -31,13 +32,7 @@ def split_patients(patients: list[str], split_cfg: dict) -> dict[str, list[str]]
     if len(set(ids)) != len(ids):
         dup = sorted({p for p in ids if ids.count(p) > 1})
         raise DataError(f"split: patient ids must be unique, found duplicates {dup}")
-    n_val, n_test = split_cfg.get("val_patients", 0), split_cfg.get("test_patients", 0)
-    n_train = split_cfg.get("n_train_patients")
-    for key, value in (("val_patients", n_val), ("test_patients", n_test), ("n_train_patients", n_train)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise DataError(f"split.{key} must be a non-negative integer, got {value!r}")
-    if n_train == 0:
-        raise DataError("split.n_train_patients must be at least 1 (or null for all remaining patients)")
+    n_val, n_test, n_train = split_cfg.val_patients, split_cfg.test_patients, split_cfg.n_train_patients
     pool = len(ids) - n_val - n_test
     need = n_val + n_test + (n_train or 1)
     if pool < (n_train or 1):
@@ -46,7 +41,7 @@ def split_patients(patients: list[str], split_cfg: dict) -> dict[str, list[str]]
             f"{n_train or 'at least 1'} training) but the data has {len(ids)}; lower split.val_patients / "
             f"split.test_patients / split.n_train_patients or add patients"
         )
-    order = [ids[i] for i in np.random.default_rng(split_cfg.get("seed", 0)).permutation(len(ids))]
+    order = [ids[i] for i in np.random.default_rng(split_cfg.seed).permutation(len(ids))]
     test, val, rest = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     train = rest if n_train is None else rest[:n_train]
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}

@@ -122,3 +122,29 @@ def axial_view(slice_xy: np.ndarray) -> np.ndarray:
 def axial_slices(array: np.ndarray) -> np.ndarray:
     """A canonical [X, Y, Z] volume as [Z, rows, cols] radiological axial slices."""
     return np.ascontiguousarray(np.moveaxis(array[::-1, ::-1], 2, 0).transpose(0, 2, 1))
+
+
+def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a NIfTI volume (``.nii`` or ``.nii.gz``) atomically; the affine carries the voxel spacing (mm).
+
+    The counterpart of :func:`read_volume` for the phantom and for exports:
+    ``read_volume(write_volume(p, a, A))`` gives ``a`` back in canonical order.
+    """
+    import gzip
+
+    from toolkit.io import atomic_write
+
+    path = Path(path)
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"{path}: write_volume writes NIfTI; name the file .nii or .nii.gz")
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
+    image.header.set_xyzt_units("mm")
+    data = image.to_bytes()
+    return atomic_write(path, gzip.compress(data, compresslevel=6, mtime=0) if path.name.lower().endswith(".gz") else data)
+
+
+def spacing_affine(spacing_xyz: tuple[float, float, float] | np.ndarray) -> np.ndarray:
+    """A voxel-to-RAS+ affine with the given voxel size and no rotation (for volumes without a source geometry)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.asarray(spacing_xyz, dtype=float))
+    return affine

@@ -4,8 +4,9 @@ Every extractor maps grey slices [N, H, W] in [-1, 1] to float64 features
 [N, D] and has a ``fingerprint`` that changes whenever its features would,
 so cached real-set features are never reused across different networks.
 
-- ``seg``: the bottleneck of the real-data baseline U-Net (trained by the
-  Dice-gain evaluator, or loaded from its cache), global-average-pooled.
+- ``seg``: the bottleneck of the real-data baseline U-Net (seed 0, from
+  ``ctx.baselines``: the same network ``dice_gain``'s baseline arm uses,
+  whichever runs first), global-average-pooled.
   Domain-specific and needs no download; the default.
 - ``random``: a fixed, seeded, randomly initialised CNN. Random features rank
   generators surprisingly well (Lee et al. 2023) and need no training: the
@@ -116,29 +117,12 @@ def random_extractor(seed: int = 0, device: torch.device | str = "cpu") -> Featu
     return FeatureExtractor("random", net, f"random-v1-{module_fingerprint(net)}", device)
 
 
-def _baseline_unet(ctx: EvalContext) -> nn.Module:
-    """The real-data baseline U-Net: from ``ctx.shared`` if an evaluator already has it, else loaded/trained."""
-    model = ctx.shared.get("baseline_unet")
-    if model is None:
-        try:
-            from toolkit.seg.baseline import load_or_train_baseline
-        except ImportError as exc:
-            raise RuntimeError(
-                "features='seg' needs the baseline U-Net of toolkit.seg.baseline, which could not be "
-                f"imported ({exc}); use features: random (or inception) for this evaluator"
-            ) from exc
-        model = load_or_train_baseline(ctx, seed=0)
-        ctx.shared["baseline_unet"] = model
-    if not callable(getattr(model, "encode", None)):
-        raise TypeError(
-            f"ctx.shared['baseline_unet'] is a {type(model).__name__} without an encode(x) method; "
-            "features='seg' needs the baseline U-Net's encoder"
-        )
-    return model
-
-
 def seg_extractor(ctx: EvalContext) -> FeatureExtractor:
-    model = _baseline_unet(ctx)
+    """Bottleneck features of the seed-0 baseline U-Net of ``ctx.baselines``."""
+    model = ctx.baselines.model(0)
+    if not callable(getattr(model, "encode", None)):
+        raise TypeError(f"the baseline segmenter is a {type(model).__name__} without an encode(x) method; "
+                        "features='seg' needs the U-Net's encoder")
     model.eval()
     params = list(model.parameters())
     device = params[0].device if params else ctx.device
@@ -159,11 +143,11 @@ def inception_extractor(weights: str | None = None, device: torch.device | str =
 
 def build_extractor(features: str, ctx: EvalContext, seed: int = 0,
                     inception_weights: str | None = None) -> FeatureExtractor:
-    """The extractor for a feature space, shared through ``ctx.shared`` by the evaluators of one run.
+    """The extractor for a feature space, built once per evaluation (``ctx.memo``) for all evaluators.
 
     Args:
         features: "seg", "random" or "inception".
-        ctx: the evaluation context (device, shared dict, baseline U-Net).
+        ctx: the evaluation context (device, memo, baseline U-Nets).
         seed: the random CNN's seed (ignored by the other spaces).
         inception_weights: a path to the Inception weights, or None for the torch hub cache.
     """
@@ -172,14 +156,12 @@ def build_extractor(features: str, ctx: EvalContext, seed: int = 0,
     key = f"quality_extractor:{features}"
     key += f":seed={seed}" if features == "random" else ""
     key += f":weights={inception_weights}" if features == "inception" else ""
-    cached = ctx.shared.get(key)
-    if cached is not None:
-        return cached
-    if features == "random":
-        extractor = random_extractor(seed, ctx.device)
-    elif features == "seg":
-        extractor = seg_extractor(ctx)
-    else:
-        extractor = inception_extractor(inception_weights, ctx.device)
-    ctx.shared[key] = extractor
-    return extractor
+
+    def build() -> FeatureExtractor:
+        if features == "random":
+            return random_extractor(seed, ctx.device)
+        if features == "seg":
+            return seg_extractor(ctx)
+        return inception_extractor(inception_weights, ctx.device)
+
+    return ctx.memo.get_or_compute(key, build)

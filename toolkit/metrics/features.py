@@ -5,7 +5,7 @@ subsample and the feature network, so they are computed once and kept under
 ``ctx.cache_dir/quality``, keyed by a hash of exactly those (data
 fingerprint, split name and patients, subsample size and seed, extractor
 fingerprint). Ranking N generators then extracts real features once.
-Synthetic features are kept in ``ctx.shared`` so the evaluators of one
+Synthetic features are kept in ``ctx.memo`` so the evaluators of one
 evaluation (fd, prdc, memorization) extract them once.
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from toolkit.io import atomic_write
 from toolkit.metrics.extractors import FeatureExtractor
 
 if TYPE_CHECKING:
@@ -65,20 +65,16 @@ def real_features(ctx: EvalContext, split: str, extractor: FeatureExtractor,
     slices = split_slices(ctx, split)
     rows = subsample_rows(len(slices), max_samples, ctx.seed)
     key = real_cache_key(ctx, split, extractor, rows)
-    if f"quality_features:{key}" in ctx.shared:
-        return ctx.shared[f"quality_features:{key}"]
     path = Path(ctx.cache_dir) / "quality" / f"{split}-{extractor.name}-{key}.npy"
-    if path.is_file():
-        feats = np.load(path, allow_pickle=False)
-    else:
+
+    def load_or_extract() -> np.ndarray:
+        if path.is_file():
+            return np.load(path, allow_pickle=False)
         feats = extractor(slices.images[rows])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, feats)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache file
-    ctx.shared[f"quality_features:{key}"] = feats
-    return feats
+        atomic_write(path, lambda f: np.save(f, feats))  # a killed run never leaves a half-written file
+        return feats
+
+    return ctx.memo.get_or_compute(f"quality_features:{key}", load_or_extract)
 
 
 def synthetic_features(ctx: EvalContext, extractor: FeatureExtractor,
@@ -88,12 +84,10 @@ def synthetic_features(ctx: EvalContext, extractor: FeatureExtractor,
         raise ValueError("the synthetic set is empty; nothing to evaluate")
     rows = subsample_rows(len(ctx.synthetic), max_samples, ctx.seed)
     images = np.ascontiguousarray(ctx.synthetic.images[rows])
-    # Keyed by content, so a shared dict reused across generators never serves stale features.
+    # Keyed by content, so a memo reused across generators never serves stale features.
     content = hashlib.sha256(images.tobytes()).hexdigest()[:20]
-    key = f"quality_features:synthetic:{extractor.fingerprint}:{content}"
-    if key not in ctx.shared:
-        ctx.shared[key] = extractor(images)
-    return ctx.shared[key]
+    return ctx.memo.get_or_compute(f"quality_features:synthetic:{extractor.fingerprint}:{content}",
+                                   lambda: extractor(images))
 
 
 def metric_prefix(kind: str, features: str) -> str:
@@ -106,6 +100,4 @@ def metric_prefix(kind: str, features: str) -> str:
 def write_record(ctx: EvalContext, name: str, record: dict) -> Path:
     """Write the evaluation's provenance (feature space, N, settings) as JSON under ``run_dir/quality``."""
     path = Path(ctx.run_dir) / "quality" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
-    return path
+    return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")

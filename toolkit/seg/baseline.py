@@ -1,131 +1,117 @@
-"""The real-data baseline U-Net, trained once per (data, split, segmenter config, seed) and cached.
+"""The real-data baseline U-Net, trained once per (data, split, segmenter settings, seed) and cached.
 
 Ranking N generators compares each against the same baselines, so they are
-trained once and kept on disk under ``ctx.cache_dir/seg_baselines/``. The key
+trained once and kept on disk under ``cache_dir/seg_baselines/``. The key
 hashes everything that decides the trained weights: the data fingerprint,
-the train and validation patients, the segmenter config, the seed, the
+the train and validation slices, the segmenter settings, the seed, the
 resolved precision, the device type and the CPU thread count (a different
 thread count gives different weights).
+
+One :class:`BaselineStore` lives on the evaluation context (and serves the
+generator's ``TrainContext.segmenter``): ``dice_gain``'s baseline arm and the
+``seg`` feature space ask it for the same network, in any order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from toolkit.plugin import EvalContext
-from toolkit.seg.runtime import reproducible, resolve_precision
-from toolkit.seg.train import Pool, SegConfig, TrainResult, build_unet, train_unet
+from toolkit.data.slices import SliceSet
+from toolkit.io import atomic_write
+from toolkit.runtime import reproducible, resolve_precision
+from toolkit.seg.train import Pool, TrainResult, build_unet, train_unet
+from toolkit.settings import SegSettings
 
-#: Bump when training changes in a way the config does not show, to invalidate old caches.
+#: Bump when training changes in a way the settings do not show, to invalidate old caches.
 CACHE_VERSION = 1
 
 
-def seg_config(**seg_kwargs: Any) -> SegConfig:
-    """A SegConfig from keyword arguments; an unknown key names the valid ones."""
-    valid = {f.name for f in fields(SegConfig)}
-    unknown = sorted(set(seg_kwargs) - valid)
-    if unknown:
-        raise ValueError(f"unknown segmenter setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return SegConfig(**seg_kwargs)
+class BaselineStore:
+    """Baseline U-Nets by seed: from memory, the disk cache, or freshly trained (under ``seg.threads``).
 
-
-def baseline_key(ctx: EvalContext, seed: int, config: SegConfig) -> str:
-    """Hash of everything that decides the baseline's weights."""
-    payload = {
-        "version": CACHE_VERSION,
-        "data": ctx.data_fingerprint,
-        "train_patients": sorted(ctx.train.patients()),
-        "val_patients": sorted(ctx.val.patients()),
-        "train_slices": ctx.train.identity(),  # slice selection varies with its seed and margin
-        "val_slices": ctx.val.identity(),
-        "config": config.to_dict(),
-        "seed": seed,
-        "amp": str(resolve_precision(config.precision, ctx.device)),
-        "device": torch.device(ctx.device).type,
-        "threads": torch.get_num_threads(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _cache_path(ctx: EvalContext, key: str) -> Path:
-    return Path(ctx.cache_dir) / "seg_baselines" / f"baseline-{key}.pt"
-
-
-def _save(path: Path, result: TrainResult, config: SegConfig, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
-        "config": config.to_dict(),
-        "seed": seed,
-        "best_step": result.best_step,
-        "best_val_dice": result.best_val_dice,
-        "seconds": result.seconds,
-        "history": [list(h) for h in result.history],
-    }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written baseline
-
-
-def baseline_result(ctx: EvalContext, seed: int, config: SegConfig) -> tuple[TrainResult, bool]:
-    """The baseline for ``seed``: from memory, the disk cache, or freshly trained.
-
-    Returns:
-        (result, trained): ``trained`` is True when this call trained it.
+    Args:
+        train / val: the real training and validation slices.
+        data_fingerprint: hash of the real data and its preprocessing.
+        seg: the segmenter settings.
+        device: where to train and predict.
+        cache_dir: folder of the disk cache (``<cache>/eval``).
     """
-    key = baseline_key(ctx, seed, config)
-    memory: dict[str, TrainResult] = ctx.shared.setdefault("seg_baselines", {})
-    if key in memory:
-        return memory[key], False
-    path = _cache_path(ctx, key)
-    if path.is_file():
+
+    def __init__(self, train: SliceSet, val: SliceSet, data_fingerprint: str, seg: SegSettings,
+                 device: torch.device | str, cache_dir: str | Path) -> None:
+        self.train, self.val = train, val
+        self.data_fingerprint = data_fingerprint
+        self.seg = seg
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir)
+        self._memory: dict[str, TrainResult] = {}
+        self.trained = 0  # how many baselines this store trained (the rest came from a cache)
+
+    def key(self, seed: int, threads: int) -> str:
+        """Hash of everything that decides the baseline's weights."""
+        payload = {
+            "version": CACHE_VERSION,
+            "data": self.data_fingerprint,
+            "train_patients": sorted(self.train.patients()),
+            "val_patients": sorted(self.val.patients()),
+            "train_slices": self.train.identity(),  # slice selection varies with its seed and margin
+            "val_slices": self.val.identity(),
+            "config": self.seg.to_dict(),
+            "seed": seed,
+            "amp": str(resolve_precision(self.seg.precision, self.device)),
+            "device": self.device.type,
+            "threads": threads,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / "seg_baselines" / f"baseline-{key}.pt"
+
+    def get(self, seed: int = 0) -> tuple[TrainResult, bool]:
+        """The baseline for ``seed`` and whether this call trained it."""
+        with reproducible(self.seg.threads, self.device) as threads:
+            key = self.key(seed, threads)
+            if key in self._memory:
+                return self._memory[key], False
+            path = self.path(key)
+            if path.is_file():
+                result = self._load(path)
+                trained = False
+            else:
+                result = train_unet([Pool.of(self.train, name="real")], self.val, self.seg, seed, self.device)
+                self._save(path, result, seed)
+                self.trained += 1
+                trained = True
+        self._memory[key] = result
+        return result, trained
+
+    def model(self, seed: int = 0) -> torch.nn.Module:
+        """The baseline U-Net for ``seed`` in eval mode (``encode`` gives bottleneck features)."""
+        return self.get(seed)[0].model
+
+    def _load(self, path: Path) -> TrainResult:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_unet(config)
+        model = build_unet(self.seg)
         model.load_state_dict(state["state_dict"])
-        model = model.to(ctx.device)
-        if config.channels_last:
+        model = model.to(self.device)
+        if self.seg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.eval()
-        result = TrainResult(model, state["best_step"], state["best_val_dice"], state["seconds"],
-                             [tuple(h) for h in state["history"]])
-        memory[key] = result
-        return result, False
-    result = train_unet([Pool.of(ctx.train, name="real")], ctx.val, config, seed, ctx.device)
-    _save(path, result, config, seed)
-    memory[key] = result
-    return result, True
+        return TrainResult(model, state["best_step"], state["best_val_dice"], state["seconds"],
+                           [tuple(h) for h in state["history"]])
 
-
-def load_or_train_baseline(ctx: EvalContext, seed: int = 0, **seg_kwargs: Any) -> torch.nn.Module:
-    """The cached real-data baseline U-Net (eval mode) for ``seed``.
-
-    With no ``seg_kwargs`` it uses the segmenter config the ``dice_gain``
-    evaluator recorded in ``ctx.shared["baseline_unet_config"]`` when it ran
-    first (so both share one network), else the :class:`SegConfig` defaults,
-    and the thread count it recorded in ``ctx.shared["baseline_unet_threads"]``.
-    Its :meth:`~toolkit.nn.unet.UNet.encode` gives bottleneck features.
-    """
-    threads = ctx.shared.get("baseline_unet_threads")
-    if not seg_kwargs:
-        if "baseline_unet_config" in ctx.shared:
-            seg_kwargs = dict(ctx.shared["baseline_unet_config"])
-        elif ctx.config is not None:
-            # dice_gain has not run in this process: build it from the run's config, so this is
-            # the same network (and cache entry) its baseline arm trains.
-            from toolkit.config import plugin_kwargs
-            from toolkit.registry import EVALUATORS
-
-            cls = EVALUATORS.get("dice_gain")
-            section = (ctx.config.get("evaluators") or {}).get("dice_gain", {})
-            owner = cls(**plugin_kwargs(cls, section, tiny=bool((ctx.config.get("run") or {}).get("tiny"))))
-            seg_kwargs, threads = owner.seg.to_dict(), owner.threads
-    # Train (or look up) under the thread count dice_gain used, so the cache key matches.
-    with reproducible(threads, ctx.device):
-        return baseline_result(ctx, seed, seg_config(**seg_kwargs))[0].model
+    def _save(self, path: Path, result: TrainResult, seed: int) -> None:
+        state = {
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
+            "config": self.seg.to_dict(),
+            "seed": seed,
+            "best_step": result.best_step,
+            "best_val_dice": result.best_val_dice,
+            "seconds": result.seconds,
+            "history": [list(h) for h in result.history],
+        }
+        atomic_write(path, lambda f: torch.save(state, f))  # a killed run never leaves a half-written baseline

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from toolkit.data.slices import SliceSet
+from toolkit.runtime import autocast
 from toolkit.seg.metrics import dice, hd95
-from toolkit.seg.runtime import autocast
 
 
 @torch.no_grad()

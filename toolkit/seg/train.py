@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,54 +18,10 @@ import torch.nn.functional as F
 
 from toolkit.data.augment import augment_batch
 from toolkit.data.slices import SliceSet
-from toolkit.nn.unet import NORMS, UNet
+from toolkit.nn.unet import UNet
+from toolkit.runtime import autocast, resolve_precision
 from toolkit.seg.predict import volume_dice
-from toolkit.seg.runtime import PRECISIONS, autocast, resolve_precision
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    """Everything that decides what U-Net comes out of training (and so the baseline cache key).
-
-    Attributes:
-        steps: optimizer steps, the same for every arm.
-        batch_size: slices per step.
-        lr: Adam learning rate.
-        base_channels: U-Net width of the first level.
-        depth: U-Net downsamplings.
-        norm: batch | instance | group | none.
-        val_every: steps between validations (model selection); the last step is always validated.
-        augment: flips, small affine and intensity jitter on every training batch.
-        elastic: elastic deformation strength (0: off), see ``augment_batch``.
-        precision: auto | fp32 | bf16 (autocast; auto = bf16 where the hardware runs it natively).
-        channels_last: NHWC memory layout (faster convolutions on CPUs with oneDNN).
-    """
-
-    steps: int = 200  # the dice_gain default, so both build the same network
-    batch_size: int = 32
-    lr: float = 1e-3
-    base_channels: int = 16
-    depth: int = 4
-    norm: str = "batch"
-    val_every: int = 50
-    augment: bool = True
-    elastic: float = 0.0
-    precision: str = "auto"
-    channels_last: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "base_channels", "depth", "val_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"segmenter {name} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"segmenter lr must be positive, got {self.lr}")
-        if self.norm not in NORMS:
-            raise ValueError(f"segmenter norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"segmenter precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from toolkit.settings import SegSettings
 
 
 @dataclass
@@ -143,14 +99,14 @@ def _draw(pools: list[Pool], batch_size: int, generator: torch.Generator) -> tup
     return torch.cat(images), torch.cat(masks)
 
 
-def build_unet(config: SegConfig, channels: int = 1) -> UNet:
+def build_unet(config: SegSettings, channels: int = 1) -> UNet:
     return UNet(channels, 1, config.base_channels, config.depth, config.norm)
 
 
 def train_unet(
     pools: list[Pool],
     val: SliceSet,
-    config: SegConfig,
+    config: SegSettings,
     seed: int,
     device: torch.device | str = "cpu",
     log: object | None = None,

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import Generator
+from toolkit.runtime import Runtime
+from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.distributed import DistInfo, average_gradients_before_step, broadcast_modules
 from toolkit.train.runlog import RunLog
@@ -54,20 +56,34 @@ def checkpoint_path(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / CHECKPOINT_NAME
 
 
+def resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The last checkpoint of a run (networks, optimizers, EMA, RNG states, step), or None if there is none.
+
+    Read once per resume: the caller learns the step (e.g. for TensorBoard's
+    purge step) and hands the same state to :func:`train_generator`.
+    """
+    ckpt = checkpoint_path(run_dir)
+    return load_checkpoint(ckpt, map_location=map_location) if ckpt.exists() else None
+
+
 def train_generator(
     gen: Generator,
     train: SliceSet,
-    train_cfg: dict[str, Any],
+    settings: TrainSettings,
     run_dir: Path,
     runlog: RunLog,
     sampler: Sampler,
     seed: int = 0,
-    resume: bool = False,
+    state: dict[str, Any] | None = None,
     dist_info: DistInfo = DistInfo(),
     progress: bool = True,
-    channels_last: bool = False,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train ``gen`` on ``train`` for ``train_cfg["steps"]`` steps.
+    """Train ``gen`` on ``train`` for ``settings.steps`` steps.
+
+    Args:
+        state: a checkpoint from :func:`resume_state` to continue from, or None to start at step 0.
+        runtime: precision and memory layout to train with (default: fp32, NCHW).
 
     Returns:
         A summary: steps done, last logged losses, seconds, steps per second.
@@ -75,23 +91,26 @@ def train_generator(
     Raises:
         TrainingDiverged: a loss was NaN or inf (the message names step and loss).
     """
-    steps = int(train_cfg["steps"])
-    batch_size = int(train_cfg["batch_size"])
-    log_every, sample_every, checkpoint_every = (int(train_cfg[k]) for k in ("log_every", "sample_every", "checkpoint_every"))
+    steps, batch_size = settings.steps, settings.batch_size
+    log_every, sample_every, checkpoint_every = settings.log_every, settings.sample_every, settings.checkpoint_every
     if len(train) == 0:
         raise ValueError("no training slices: check data.slices and split settings")
     ckpt = checkpoint_path(run_dir)
     writer = runlog.writer
 
-    # Build: every rank starts from rank 0's weights; gradients are averaged before each step.
+    # Build: precision and memory layout; every rank starts from rank 0's weights.
+    channels_last = runtime is not None and runtime.channels_last
+    gen.amp_dtype = None if runtime is None else runtime.amp_dtype
+    if channels_last:
+        for module in gen.modules().values():
+            module.to(memory_format=torch.channels_last)
     if dist_info.enabled:
         broadcast_modules(gen.modules())
         hooks = average_gradients_before_step(gen.optimizers())
 
     # Resume: networks, optimizers, EMA and RNG states from the last checkpoint.
     start = 0
-    if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, map_location=gen.device)
+    if state is not None:
         gen.load_state_dict(state["generator"])
         set_rng_state(state["rng"])
         start = int(state["step"])
@@ -165,6 +184,7 @@ def train_generator(
     trained = steps - start
     return {
         "steps": steps,
+        "trained_steps": trained,
         "resumed_from": start,
         "seconds": round(seconds, 2),
         "steps_per_second": round(trained / seconds, 3) if seconds > 0 and trained else None,

@@ -51,12 +51,12 @@ def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None
     return sample
 
 
-def sample_set(sampler: Sampler, n: int, seed: int, chunk: int = 256) -> SliceSet:
-    """``n`` synthetic pairs in chunks, deterministic given ``seed``."""
+def sample_set(sampler: Sampler, n: int, seed: int, chunk: int = 256, spacing: np.ndarray | None = None) -> SliceSet:
+    """``n`` synthetic pairs in chunks, deterministic given ``seed`` (``spacing`` [3] mm: the real slices')."""
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for start in range(0, n, chunk):
-        parts.append(SliceSet.from_batch(sampler(min(chunk, n - start), generator)))
+        parts.append(SliceSet.from_batch(sampler(min(chunk, n - start), generator), spacing=spacing))
     out = SliceSet.concat(parts)
     out.slice_index = np.arange(len(out), dtype=np.int64)
     return out

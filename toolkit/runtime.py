@@ -1,4 +1,8 @@
-"""Where and how the segmenter computes: threads, determinism, precision.
+"""Where and how the toolkit computes: device, precision, threads, determinism. One module for all of it.
+
+Generator training and the segmenter share these: one bf16 detector, one
+meaning of ``precision: auto`` (bf16 where the hardware runs it natively,
+fp32 elsewhere), one autocast helper, one thread-count context manager.
 
 A U-Net's Dice can move by several points with nothing but a different
 thread count (the order of floating-point sums changes), so evaluations fix
@@ -8,13 +12,57 @@ the count, record it, and run with deterministic algorithms on the CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def machine_threads() -> int:
+    """CPU cores this process may use (respects affinity masks and cgroup pinning)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: the machine's cores); returns the value used."""
+    n = machine_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an unavailable explicit choice is an error."""
+    mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r}: CUDA is not available here; use auto or cpu")
+    if device.type == "mps" and not mps:
+        raise ValueError(f"train.device={name!r}: MPS is not available here; use auto or cpu")
+    return device
+
+
+def resolve_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``on``/``off``/``auto`` (auto: on for CUDA) or a plain bool."""
+    if isinstance(setting, bool):
+        return setting
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"channels_last={setting!r}: expected auto, on or off")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def cpu_supports_bf16() -> bool:
@@ -63,6 +111,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where one process computes, decided once from the settings and the machine."""
+
+    device: torch.device
+    threads: int
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
 @contextlib.contextmanager
 def reproducible(threads: int | None, device: torch.device | str = "cpu") -> Iterator[int]:
     """Fix torch's CPU thread count and use deterministic algorithms; restore both afterwards.
@@ -89,3 +147,20 @@ def reproducible(threads: int | None, device: torch.device | str = "cpu") -> Ite
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
+
+
+def setup_runtime(device: str, precision: str, channels_last: str, threads: int | None):
+    """Device (joining a torchrun process group if there is one), threads, precision and memory layout.
+
+    Returns:
+        (Runtime, DistInfo): the second says this process's rank; a single process unless started by torchrun.
+    """
+    from toolkit.train.distributed import init_from_env
+
+    dev = resolve_device(device)
+    dist_info = init_from_env(dev.type)
+    if dist_info.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(dev)
+    n = set_threads(threads)
+    return Runtime(dev, n, resolve_precision(precision, dev), resolve_channels_last(channels_last, dev)), dist_info

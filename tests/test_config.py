@@ -45,7 +45,7 @@ def test_set_wrong_type_names_key_and_type():
     with pytest.raises(ConfigError) as info:
         resolve(generator="toy", overrides=[*TOY, "generator.lr=abc"])
     message = str(info.value)
-    assert "generator.lr" in message and "float" in message and "'abc'" in message and "--set" in message
+    assert "generator.lr" in message and "a number" in message and "'abc'" in message and "--set" in message
 
 
 def test_set_unknown_plugin_key_names_valid_keys():
@@ -127,3 +127,50 @@ def test_dry_run_prints_resolved_config():
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.output)
     assert printed["train"]["steps"] == 3 and printed["run"]["generator"] == "toy"
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("train.steps=-3", "train.steps", ">= 1"),
+    ("train.checkpoint_every=0", "train.checkpoint_every", ">= 1"),
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("run.synthetic_ratio=-1", "run.synthetic_ratio", "> 0"),
+    ("data.crop_fraction=1.5", "data.crop_fraction", "<= 1"),
+    ("split.n_train_patients=0", "split.n_train_patients", ">= 1"),
+    ("seg.lr=0", "seg.lr", "> 0"),
+    ("masks.source=deformed", "masks.source", "deformed_real"),
+    ("train.precision=fp16", "train.precision", "one of auto, fp32, bf16"),
+])
+def test_values_out_of_range_are_refused_before_any_work(override, key, allowed):
+    with pytest.raises(ConfigError) as info:
+        resolve(generator="toy", overrides=[*TOY, override])
+    message = str(info.value)
+    assert key in message and allowed in message, message
+
+
+def test_plugins_declare_ranges_in_their_signatures():
+    with pytest.raises(ConfigError, match=r"evaluators.dice_gain.bootstrap.*>= 100.*got 10"):
+        resolve(generator="toy", overrides=[*TOY, "evaluators.dice_gain.bootstrap=10"])
+
+
+def test_moved_keys_point_to_their_new_place():
+    with pytest.raises(ConfigError, match="evaluators.dice_gain.steps.*moved to 'seg.steps'"):
+        resolve(generator="toy", overrides=[*TOY, "evaluators.dice_gain.steps=100"])
+    with pytest.raises(ConfigError, match="train.amp.*moved to 'train.precision'"):
+        resolve(generator="toy", overrides=[*TOY, "train.amp=bf16"])
+
+
+def test_default_yaml_says_what_the_typed_settings_say():
+    from toolkit.config import CONFIG_DIR, load_yaml
+    from toolkit.settings import defaults_dict
+
+    assert load_yaml(CONFIG_DIR / "default.yaml") == defaults_dict()
+
+
+def test_typed_sections_and_replace():
+    config = resolve(generator="toy", overrides=TOY)
+    assert config.train.steps == config["train"]["steps"] and isinstance(config.split.seed, int)
+    cell = config.replace({"split.n_train_patients": 2, "seg.steps": 7})
+    assert cell.split.n_train_patients == 2 and cell.seg.steps == 7 and cell["seg"]["steps"] == 7
+    assert config.split.n_train_patients != 2 or config.seg.steps != 7  # the original is unchanged
+    with pytest.raises(ConfigError, match="split.n_train_patients"):
+        config.replace({"split.n_train_patients": -1})

@@ -20,8 +20,9 @@ from toolkit.data.masks import DeformedMasks
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
+from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
-from toolkit.train.loop import train_generator
+from toolkit.train.loop import resume_state, train_generator
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler
 from toolkit.train.seeding import seed_everything
@@ -125,11 +126,12 @@ def _train(name, data, run_dir, steps, interrupt_at=None, resume=False):
             return step_fn(batch, step)
 
         gen.train_step = train_step
-    cfg = {"steps": steps, "batch_size": 4, "log_every": 1, "sample_every": 100, "checkpoint_every": 3}
+    cfg = TrainSettings(steps=steps, batch_size=4, log_every=1, sample_every=100, checkpoint_every=3)
     runlog = RunLog(run_dir, quiet=True)
     try:
+        state = resume_state(run_dir) if resume else None
         return train_generator(gen, data, cfg, run_dir, runlog, make_sampler(gen, data), seed=3,
-                               resume=resume, progress=False)
+                               state=state, progress=False)
     finally:
         runlog.close()
 

@@ -11,6 +11,8 @@ import pytest
 
 from toolkit.data import DataError, load_dataset, split_patients
 from toolkit.data.inspect import inspect_dataset
+from toolkit.schema import ConfigError
+from toolkit.settings import DataSettings, SplitSettings
 
 CFG = {"path": None, "layout": "auto", "image_size": 32, "crop_fraction": 1.0, "percentiles": [0.5, 99.5],
        "msd_channel": 0, "image_name": None, "mask_name": None, "empty_mask": "error", "cache": False}
@@ -34,9 +36,7 @@ def write_case(root, pid, img, mask, img_affine=None, mask_affine=None):
 
 
 def load(root, **kw):
-    cfg = dict(CFG, path=str(root))
-    cfg.update(kw)
-    return load_dataset(cfg)
+    return load_dataset(DataSettings(**{**CFG, "path": str(root), **kw}))
 
 
 def test_a_good_case_loads(tmp_path):
@@ -89,7 +89,7 @@ def test_empty_mask_error_or_skip(tmp_path):
     with pytest.warns(UserWarning, match="p2"):
         ss, _ = load(tmp_path, empty_mask="skip")
     assert ss.patients() == ["p1"]
-    with pytest.raises(DataError, match="empty_mask must be 'error' or 'skip'"):
+    with pytest.raises(ConfigError, match="data.empty_mask' .*must be one of error, skip"):
         load(tmp_path, empty_mask="ignore")
 
 
@@ -145,7 +145,7 @@ def test_no_layout_and_bad_layout_names(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="no known data layout found.*msd.*promise12.*folders.*pairs"):
         load(tmp_path)
-    with pytest.raises(DataError, match="unknown data.layout 'nifti'; valid: auto, msd"):
+    with pytest.raises(ConfigError, match="data.layout' .*must be one of auto, msd.*got 'nifti'"):
         load(tmp_path, layout="nifti")
     with pytest.raises(DataError, match="data folder not found"):
         load(tmp_path / "missing")
@@ -174,23 +174,24 @@ def test_missing_simpleitk_names_the_install_command(tmp_path, monkeypatch):
 
 def test_bad_settings(tmp_path):
     write_case(tmp_path, "p1", *volume())
-    with pytest.raises(DataError, match="image_size must be 64, 128 or 256"):
+    # Settings are checked when they are built, before any file is read.
+    with pytest.raises(ConfigError, match="data.image_size' .*one of 32, 64, 128, 256.*got 100"):
         load(tmp_path, image_size=100)
-    with pytest.raises(DataError, match="crop_fraction must be in"):
+    with pytest.raises(ConfigError, match="data.crop_fraction' .*<= 1.*got 1.5"):
         load(tmp_path, crop_fraction=1.5)
-    with pytest.raises(DataError, match="percentiles must be two numbers"):
+    with pytest.raises(ConfigError, match="percentiles' must be two numbers"):
         load(tmp_path, percentiles=[99, 1])
 
 
 def test_too_few_patients_for_the_split():
     with pytest.raises(DataError, match=r"split needs 13 patients .*but the data has 10"):
-        split_patients([f"p{i}" for i in range(10)], {"seed": 0, "val_patients": 4, "test_patients": 8,
-                                                      "n_train_patients": 1})
+        split_patients([f"p{i}" for i in range(10)], SplitSettings(**{"seed": 0, "val_patients": 4, "test_patients": 8,
+                                                      "n_train_patients": 1}))
     with pytest.raises(DataError, match=r"data has 12"):
-        split_patients([f"p{i}" for i in range(12)], {"seed": 0, "val_patients": 4, "test_patients": 8,
-                                                      "n_train_patients": None})
-    with pytest.raises(DataError, match="n_train_patients must be a non-negative integer"):
-        split_patients(["a", "b", "c"], {"val_patients": 1, "test_patients": 1, "n_train_patients": -1})
+        split_patients([f"p{i}" for i in range(12)], SplitSettings(**{"seed": 0, "val_patients": 4, "test_patients": 8,
+                                                      "n_train_patients": None}))
+    with pytest.raises(ConfigError, match="split.n_train_patients' .*>= 1.*got -1"):
+        split_patients(["a", "b", "c"], SplitSettings(**{"val_patients": 1, "test_patients": 1, "n_train_patients": -1}))
 
 
 def test_inspect_names_bad_files(tmp_path):

@@ -15,6 +15,7 @@ from toolkit.data import load_dataset, select_slices
 from toolkit.data.inspect import format_inspection, inspect_dataset
 from toolkit.data.phantom import write_phantom
 from toolkit.data.volumes import axial_slices, read_volume
+from toolkit.settings import DataSettings
 
 N_PATIENTS = 3
 CFG = {"path": None, "layout": "auto", "image_size": 32, "crop_fraction": 1.0, "percentiles": [0.5, 99.5],
@@ -27,10 +28,8 @@ def phantom(tmp_path_factory) -> Path:
     return write_phantom(tmp_path_factory.mktemp("ph") / "msd", n_patients=N_PATIENTS, seed=3)
 
 
-def cfg(**kw) -> dict:
-    out = dict(CFG)
-    out.update(kw)
-    return out
+def cfg(**kw) -> DataSettings:
+    return DataSettings(**{**CFG, **kw})
 
 
 def to_folders(msd: Path, out: Path, image_name: str, mask_name: str, convert=None) -> Path:

@@ -10,6 +10,7 @@ import pytest
 
 from toolkit.data import load_dataset
 from toolkit.data.inspect import inspect_dataset
+from toolkit.settings import DataSettings
 
 pytestmark = pytest.mark.realdata
 ROOT = os.environ.get("GANSEG_REALDATA")
@@ -26,8 +27,8 @@ def root() -> Path:
 
 def test_both_real_layouts_give_the_same_slices(root):
     pytest.importorskip("SimpleITK")
-    nifti, _ = load_dataset(dict(CFG, path=str(root / "nifti")))
-    mhd, _ = load_dataset(dict(CFG, path=str(root / "mhd")))
+    nifti, _ = load_dataset(DataSettings(**dict(CFG, path=str(root / "nifti"))))
+    mhd, _ = load_dataset(DataSettings(**dict(CFG, path=str(root / "mhd"))))
     assert len(nifti) == len(mhd) > 0
     np.testing.assert_array_equal(nifti.masks, mhd.masks)
     np.testing.assert_allclose(nifti.images, mhd.images, atol=1e-5)

@@ -10,6 +10,7 @@ import pytest
 from toolkit.data import cache_dir, load_dataset, split_patients
 from toolkit.data import loading as loading_mod
 from toolkit.data.phantom import write_phantom
+from toolkit.settings import DataSettings, SplitSettings
 
 PATIENTS = [f"case{i:02d}" for i in range(20)]
 SPLIT = {"seed": 0, "val_patients": 3, "test_patients": 5, "n_train_patients": None}
@@ -19,20 +20,20 @@ CFG = {"path": None, "layout": "auto", "image_size": 32, "crop_fraction": 1.0, "
 
 
 def test_split_is_disjoint_complete_and_seeded():
-    s = split_patients(PATIENTS, SPLIT)
+    s = split_patients(PATIENTS, SplitSettings(**SPLIT))
     sets = [set(s[k]) for k in ("train", "val", "test")]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert set.union(*sets) == set(PATIENTS)
     assert (len(s["train"]), len(s["val"]), len(s["test"])) == (12, 3, 5)
-    assert split_patients(list(reversed(PATIENTS)), SPLIT) == s  # input order does not matter
-    assert split_patients(PATIENTS, dict(SPLIT, seed=1)) != s
+    assert split_patients(list(reversed(PATIENTS)), SplitSettings(**SPLIT)) == s  # input order does not matter
+    assert split_patients(PATIENTS, SplitSettings(**dict(SPLIT, seed=1))) != s
 
 
 def test_low_data_training_sets_are_nested_and_keep_val_test():
-    full = split_patients(PATIENTS, SPLIT)
+    full = split_patients(PATIENTS, SplitSettings(**SPLIT))
     prev: set[str] = set()
     for n in (1, 2, 4, 8, 12):
-        s = split_patients(PATIENTS, dict(SPLIT, n_train_patients=n))
+        s = split_patients(PATIENTS, SplitSettings(**dict(SPLIT, n_train_patients=n)))
         assert len(s["train"]) == n and s["val"] == full["val"] and s["test"] == full["test"]
         assert prev <= set(s["train"])
         prev = set(s["train"])
@@ -50,7 +51,7 @@ def test_cache_hit_skips_preprocessing_and_misses_on_changes(tmp_path, monkeypat
     data = write_phantom(tmp_path / "data", n_patients=2, seed=1)
     cfg = dict(CFG, path=str(data))
     t0 = time.perf_counter()
-    cold, fp = load_dataset(cfg)
+    cold, fp = load_dataset(DataSettings(**cfg))
     t_cold = time.perf_counter() - t0
 
     def boom(*args, **kwargs):
@@ -58,7 +59,7 @@ def test_cache_hit_skips_preprocessing_and_misses_on_changes(tmp_path, monkeypat
 
     monkeypatch.setattr(loading_mod, "preprocess_case", boom)
     t0 = time.perf_counter()
-    warm, fp2 = load_dataset(cfg)
+    warm, fp2 = load_dataset(DataSettings(**cfg))
     t_warm = time.perf_counter() - t0
     assert fp2 == fp and t_warm < t_cold
     np.testing.assert_array_equal(warm.images, cold.images)
@@ -66,11 +67,11 @@ def test_cache_hit_skips_preprocessing_and_misses_on_changes(tmp_path, monkeypat
     assert list(warm.patient) == list(cold.patient)
     # A changed setting or a touched file misses the cache.
     with pytest.raises(AssertionError, match="preprocessed again"):
-        load_dataset(dict(cfg, image_size=64))
+        load_dataset(DataSettings(**dict(cfg, image_size=64)))
     img = next((data / "imagesTr").glob("*.nii.gz"))
     img.write_bytes(img.read_bytes())
     with pytest.raises(AssertionError, match="preprocessed again"):
-        load_dataset(cfg)
+        load_dataset(DataSettings(**cfg))
 
 
 def test_fingerprint_follows_content_not_location(tmp_path, monkeypatch):
@@ -78,20 +79,20 @@ def test_fingerprint_follows_content_not_location(tmp_path, monkeypatch):
     a = write_phantom(tmp_path / "a", n_patients=1, seed=2)
     b = write_phantom(tmp_path / "b", n_patients=1, seed=2)
     c = write_phantom(tmp_path / "c", n_patients=1, seed=3)
-    fa = load_dataset(dict(CFG, path=str(a), cache=False))[1]
-    assert load_dataset(dict(CFG, path=str(b), cache=False))[1] == fa
-    assert load_dataset(dict(CFG, path=str(c), cache=False))[1] != fa
-    assert load_dataset(dict(CFG, path=str(a), cache=False, image_size=64))[1] != fa
+    fa = load_dataset(DataSettings(**dict(CFG, path=str(a), cache=False)))[1]
+    assert load_dataset(DataSettings(**dict(CFG, path=str(b), cache=False)))[1] == fa
+    assert load_dataset(DataSettings(**dict(CFG, path=str(c), cache=False)))[1] != fa
+    assert load_dataset(DataSettings(**dict(CFG, path=str(a), cache=False, image_size=64)))[1] != fa
 
 
 def test_embedded_phantom_is_written_once(tmp_path, monkeypatch):
     monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
-    ss, fp = load_dataset(dict(CFG, cache=False))
+    ss, fp = load_dataset(DataSettings(**dict(CFG, cache=False)))
     folders = list((tmp_path / "cache").glob("phantom-*"))
     assert len(folders) == 1 and (folders[0] / "dataset.json").is_file()
     assert ss.patients() == ["prostate_00", "prostate_01"]
     calls = []
     monkeypatch.setattr("toolkit.data.phantom.write_phantom", lambda *a, **k: calls.append(a))
-    ss2, fp2 = load_dataset(dict(CFG, cache=False))
+    ss2, fp2 = load_dataset(DataSettings(**dict(CFG, cache=False)))
     assert calls == [] and fp2 == fp
     np.testing.assert_array_equal(ss2.images, ss.images)

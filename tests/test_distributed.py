@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.conftest import make_slices
+from toolkit.settings import TrainSettings
 from toolkit.train.distributed import DistInfo, init_from_env
 from toolkit.train.loop import train_generator
 from toolkit.train.runlog import RunLog
@@ -33,7 +34,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     info = init_from_env("cpu")
     assert info.world_size == 2 and info.rank == rank
     data = make_slices(n_patients=2, size=16)
-    cfg = {"steps": 4, "batch_size": 4, "log_every": 2, "sample_every": 100, "checkpoint_every": 100}
+    cfg = TrainSettings(steps=4, batch_size=4, log_every=2, sample_every=100, checkpoint_every=100)
     # Synchronised, then (as a control) the same training with each rank on its own.
     for label, dist_info in (("sync", info), ("alone", DistInfo(rank, 1, rank))):
         seed_everything(100 + rank)  # different init per rank: the broadcast must fix it

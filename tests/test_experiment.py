@@ -118,9 +118,9 @@ def test_bad_data_fails_clearly_and_leaves_no_run_behind(cli, tmp_path):
 
 
 def test_results_json_is_strict_json(tmp_path):
-    from toolkit.experiment import _write_results
+    from toolkit.rundir import RunDir
 
-    _write_results(tmp_path, {"evaluation": {"x": {"values": {"a": float("nan"), "b": float("inf"), "c": 1.5}}}})
+    RunDir(tmp_path).merge_results({"evaluation": {"x": {"values": {"a": float("nan"), "b": float("inf"), "c": 1.5}}}})
     text = (tmp_path / "results.json").read_text()
     values = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert values["evaluation"]["x"]["values"] == {"a": None, "b": None, "c": 1.5}

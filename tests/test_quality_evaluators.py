@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +92,21 @@ class StandInUNet(torch.nn.Module):
         return torch.relu(self.conv(x))
 
 
-def test_seg_features_use_the_shared_baseline_encoder(tmp_path):
+class StandInStore:
+    """Stands in for ctx.baselines: hands out one model and records the seeds asked for."""
+
+    def __init__(self, model) -> None:
+        self._model, self.calls = model, []
+
+    def model(self, seed: int = 0):
+        self.calls.append(seed)
+        return self._model
+
+
+def test_seg_features_use_the_baseline_encoder_of_the_store(tmp_path):
     ctx = make_ctx(tmp_path, blob_images(20, seed=7))
     unet = StandInUNet()
-    ctx.shared["baseline_unet"] = unet
+    ctx.baselines = StandInStore(unet)
     extractor = build_extractor("seg", ctx)
     feats = extractor(blob_images(4))
     assert feats.shape == (4, 6)  # bottleneck channels, global-average-pooled
@@ -105,29 +114,12 @@ def test_seg_features_use_the_shared_baseline_encoder(tmp_path):
     result = EVALUATORS.get("fd")(features="seg", bootstrap=0, kid_subset_size=8, kid_subsets=5).evaluate(ctx)
     assert {"fd_seg", "kid_seg", "kid_seg_std", "fd_seg_n_real"} <= set(result)
     assert not any(k.startswith("fid") for k in result)
+    assert ctx.baselines.calls == [0]  # the extractor is built once per evaluation (ctx.memo), from seed 0
 
 
-def test_seg_features_load_the_baseline_lazily(tmp_path, monkeypatch):
-    calls = []
-
-    def load_or_train_baseline(ctx, seed=0):
-        calls.append(seed)
-        return StandInUNet()
-
-    fake_module = types.ModuleType("toolkit.seg.baseline")
-    fake_module.load_or_train_baseline = load_or_train_baseline
-    monkeypatch.setitem(sys.modules, "toolkit.seg.baseline", fake_module)
+def test_seg_features_without_an_encoder_say_what_is_missing(tmp_path):
     ctx = make_ctx(tmp_path, blob_images(20, seed=7))
-    build_extractor("seg", ctx)
-    assert calls == [0] and isinstance(ctx.shared["baseline_unet"], StandInUNet)
-
-
-def test_seg_features_without_baseline_say_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "toolkit.seg.baseline", None)  # import fails
-    ctx = make_ctx(tmp_path, blob_images(20, seed=7))
-    with pytest.raises(RuntimeError, match="features: random"):
-        build_extractor("seg", ctx)
-    ctx.shared["baseline_unet"] = torch.nn.Linear(2, 2)
+    ctx.baselines = StandInStore(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="encode"):
         build_extractor("seg", ctx)
 
@@ -139,7 +131,7 @@ def test_real_features_are_cached_on_disk(tmp_path):
     counting = FeatureExtractor("random", lambda x: (calls.append(len(x)), base.fn(x))[1], base.fingerprint)
     first = real_features(ctx, "train", counting, max_samples=30)
     assert calls == [30] and len(list((tmp_path / "cache" / "quality").glob("train-random-*.npy"))) == 1
-    ctx.shared.clear()  # a later evaluation: only the disk cache remains
+    ctx.memo.clear()  # a later evaluation: only the disk cache remains
     np.testing.assert_array_equal(real_features(ctx, "train", counting, max_samples=30), first)
     assert calls == [30]
     # Another feature network gets its own entry.

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from test_dice_gain import SIZE, ellipse_patients, make_ctx, noise_set
 
-from toolkit.nn.unet import UNet
 from toolkit import runtime
+from toolkit.nn.unet import UNet
 from toolkit.seg.predict import score_patients, stack_volumes
 from toolkit.seg.report import per_patient_plot
 from toolkit.seg.train import Pool, dice_bce_loss, train_unet

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from tests.conftest import make_slices
 from toolkit.registry import GENERATORS
+from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.loop import TrainingDiverged, batch_indices, checkpoint_path, train_generator
 from toolkit.train.runlog import RunLog
@@ -17,7 +18,7 @@ from toolkit.train.sampling import make_sampler
 from toolkit.train.seeding import rng_state, seed_everything, set_rng_state
 from toolkit.types import DataSpec
 
-CFG = {"steps": 6, "batch_size": 4, "log_every": 2, "sample_every": 3, "checkpoint_every": 3}
+CFG = TrainSettings(steps=6, batch_size=4, log_every=2, sample_every=3, checkpoint_every=3)
 
 
 def toy(size=32):

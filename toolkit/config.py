@@ -287,7 +287,7 @@ def validate_plugins(config: Config) -> None:
     """Check the generator and evaluator sections against the plugins they configure."""
     run = config["run"]
     try:
-        generator_cls = GENERATORS.get(run["generator"])
+        generator_cls = GENERATORS[run["generator"]]
     except RegistryError as exc:
         raise ConfigError(f"run.generator (from {config.source_of('run.generator')}): {exc}") from None
     validate_section(generator_cls, config["generator"], "generator", config)
@@ -297,12 +297,12 @@ def validate_plugins(config: Config) -> None:
         if not isinstance(name, str):
             raise ConfigError(f"run.evaluators must list evaluator names, got {name!r}")
         try:
-            EVALUATORS.get(name)
+            EVALUATORS[name]
         except RegistryError as exc:
             raise ConfigError(f"run.evaluators (from {config.source_of('run.evaluators')}): {exc}") from None
     for name, section in config["evaluators"].items():
         try:
-            cls = EVALUATORS.get(name)
+            cls = EVALUATORS[name]
         except RegistryError as exc:
             raise ConfigError(f"evaluators.{name} (from {config.source_of('evaluators.' + name)}): {exc}") from None
         if not isinstance(section, dict):

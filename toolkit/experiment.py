@@ -78,7 +78,7 @@ def prepare_data(config: Config, run: RunDir | None = None) -> PreparedData:
 def build_generator(config: Config, device: torch.device) -> Generator:
     """The configured generator on ``device``, its initial weights following the experiment seed."""
     seed_everything(config.seed)
-    cls = GENERATORS.get(config.run.generator)
+    cls = GENERATORS[config.run.generator]
     spec = DataSpec(image_size=config.data.image_size, cond_dim=COND_DIM)
     return cls(spec, device=device, **plugin_kwargs(cls, config["generator"], tiny=config.run.tiny))
 
@@ -87,7 +87,7 @@ def build_evaluators(config: Config, names: list[str] | None = None) -> dict[str
     """The evaluators named in ``run.evaluators`` (or ``names``), tiny settings under run.tiny."""
     built = {}
     for name in config.run.evaluators if names is None else names:
-        cls = EVALUATORS.get(name)
+        cls = EVALUATORS[name]
         built[name] = cls(**plugin_kwargs(cls, config["evaluators"].get(name, {}), tiny=config.run.tiny))
     return built
 

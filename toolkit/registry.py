@@ -162,6 +162,10 @@ class Registry(Generic[T]):
             )
         return self._entries[name].obj
 
+    def __getitem__(self, name: str) -> T:
+        """``REGISTRY[name]``: the plugin a user named (config, command line); same as :meth:`get`."""
+        return self.get(name)
+
     def __contains__(self, name: str) -> bool:
         self.discover()
         return name in self._entries

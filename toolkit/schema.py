@@ -118,8 +118,18 @@ def range_error(value: Any, hint: Any) -> str | None:
 
 
 def hint_name(hint: Any) -> str:
+    """A hint in words: 'an integer (>= 1)', 'one of auto, fp32, bf16', 'a number or null'."""
     base, ranges = _strip(hint)
-    name = base.__name__ if isinstance(base, type) else str(base).replace("typing.", "")
+    origin, args = typing.get_origin(base), typing.get_args(base)
+    if origin in (typing.Union, types.UnionType):
+        name = " or ".join("null" if a is type(None) else hint_name(a) for a in args)
+    elif origin is typing.Literal:
+        name = "one of " + ", ".join(str(a) for a in args)
+    elif origin in (list, tuple) or base in (list, tuple):
+        name = f"a list of {len(args)}" if origin is tuple and args and args[-1] is not Ellipsis else "a list"
+    else:
+        words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+        name = words.get(base, base.__name__ if isinstance(base, type) else str(base).replace("typing.", ""))
     return name + (f" ({', '.join(r.describe() for r in ranges)})" if ranges else "")
 
 

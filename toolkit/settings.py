@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from toolkit.schema import (
+    ConfigError,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -68,7 +69,7 @@ class DataSettings(Section):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.percentiles[0] < self.percentiles[1]:
-            raise ValueError(f"config key 'data.percentiles' must be two numbers low < high, got {list(self.percentiles)}")
+            raise ConfigError(f"config key 'data.percentiles' must be two numbers low < high, got {list(self.percentiles)}")
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,12 @@ def build_section(cls: type, values: dict[str, Any], where: str, source_of=lambd
         hint, default = fields[key]  # unknown keys were refused while merging
         check_value(value, hint, f"{where}.{key}", source_of(f"{where}.{key}"), default)
         kwargs[key] = tuple(value) if isinstance(value, list) and typing.get_origin(hint) is tuple else value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a cross-field or value check in __post_init__
+        raise ConfigError(f"{exc} (section '{where}', from {source_of(where)})") from None
 
 
 def defaults_dict() -> dict[str, Any]:

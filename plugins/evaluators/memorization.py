@@ -153,5 +153,5 @@ class Memorization(Evaluator):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         if ctx.writer is not None:
-            ctx.writer.add_image(f"memorization/closest_pairs_{self.features}", grid, 0)
+            ctx.writer.add_image(f"memorization/closest_pairs_{self.features}", grid, ctx.step)
         return path

@@ -71,6 +71,11 @@ def test_existing_run_is_never_overwritten_silently(cli, tmp_path):
     refused = cli(*run_args(tmp_path, "thesis", "toy", "--force"))
     assert refused.exit_code != 0 and "not a ganseg run" in refused.output
     assert (precious / "chapter1.tex").exists()
+    # ... not even one that happens to hold a config.yaml: only ganseg's marker makes a folder a run.
+    (precious / "config.yaml").write_text("latex: true\n")
+    refused = cli(*run_args(tmp_path, "thesis", "toy", "--force"))
+    assert refused.exit_code != 0 and ".ganseg-run" in refused.output
+    assert (precious / "chapter1.tex").exists() and (precious / "config.yaml").exists()
 
 
 def test_resume_extends_training_and_evaluate_rescores(cli, tmp_path):
@@ -86,6 +91,38 @@ def test_resume_extends_training_and_evaluate_rescores(cli, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 6
     evaluated = cli("evaluate", "--run", str(tmp_path / "r1"), "-q")
     assert evaluated.exit_code == 0 and "mean_gap" in evaluated.output
+
+
+def test_a_failed_resume_leaves_the_run_unchanged(cli, tmp_path):
+    assert cli(*run_args(tmp_path)).exit_code == 0
+    config_before = (tmp_path / "r1" / "config.yaml").read_text()
+    (tmp_path / "r1" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    failed = cli("run", "--resume", "--name", "r1", "--out", str(tmp_path), "-q", "--set", "train.steps=8")
+    assert failed.exit_code != 0 and "last.pt cannot be loaded" in failed.output
+    assert "Traceback" not in failed.output and "weights_only=False" not in failed.output
+    assert (tmp_path / "r1" / "config.yaml").read_text() == config_before
+
+
+def test_fd_alone_gives_the_fd_seg_of_the_full_evaluation(cli, tmp_path):
+    """The seg feature space and dice_gain share the core's baseline store, in any order."""
+    seg_fd = ["--set", "run.evaluators=[dice_gain,fd]", "--set", "evaluators.fd.features=seg"]
+    assert cli(*run_args(tmp_path), *seg_fd).exit_code == 0
+    full = json.loads((tmp_path / "r1" / "results.json").read_text())["evaluation"]["fd"]["values"]
+    alone = cli("evaluate", "--run", str(tmp_path / "r1"), "--evaluators", "fd", "-q")
+    assert alone.exit_code == 0, alone.output
+    again = json.loads((tmp_path / "r1" / "results.json").read_text())["evaluation"]["fd"]["values"]
+    assert again["fd_seg"] == full["fd_seg"] and np.isfinite(full["fd_seg"])
+
+
+def test_tensorboard_gets_evaluation_at_the_final_step_and_a_summary(cli, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert cli(*run_args(tmp_path)).exit_code == 0
+    events = EventAccumulator(str(tmp_path / "r1"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = [t for t in events.Tags()["scalars"] if t.startswith("eval/")]
+    assert scalars and all({e.step for e in events.Scalars(t)} == {4} for t in scalars)  # train.steps of smoke
+    assert any("summary" in t for t in events.Tags()["tensors"])
 
 
 def test_resume_errors_are_clear(cli, tmp_path):

@@ -13,17 +13,14 @@ evaluated as code.
 from __future__ import annotations
 
 import copy
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from toolkit.plugin import CORE_ARGS
 from toolkit.registry import EVALUATORS, GENERATORS, RegistryError, closest
-from toolkit.schema import ConfigError, check_type, check_value  # noqa: F401  (re-exported API)
+from toolkit.schema import ConfigError, check_type, check_value, plugin_params  # noqa: F401  (re-exported API)
 from toolkit.settings import (
     MOVED,
     SECTIONS,
@@ -247,21 +244,6 @@ def _check_against_schema(layer: dict[str, Any], schema: dict[str, Any], origin:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{dotted}' (from {origin}) must be a mapping, got {value!r}")
             _check_against_schema(value, schema[key], origin, dotted + ".")
-
-
-def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
-    """Config keys of a plugin: name -> (type hint, default) from its constructor."""
-    init = cls.__init__
-    try:
-        hints = typing.get_type_hints(init, include_extras=True)
-    except Exception:  # unresolvable annotations: fall back to no type checks
-        hints = {}
-    params = {}
-    for name, param in inspect.signature(init).parameters.items():
-        if name in CORE_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        params[name] = (hints.get(name, Any), param.default)
-    return params
 
 
 def validate_section(cls: type, section: dict[str, Any], where: str, config: Config | None = None) -> None:

@@ -142,3 +142,20 @@ def check_value(value: Any, hint: Any, key: str, origin: str, default: Any = ins
     problem = range_error(value, hint)
     if problem:
         raise ConfigError(f"config key '{key}' (from {origin}) {problem}{shown}, got {value!r}")
+
+
+def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Config keys of a plugin: name -> (type hint, default) from its constructor."""
+    from toolkit.plugin import CORE_ARGS
+
+    init = cls.__init__
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:  # unresolvable annotations: fall back to no type checks
+        hints = {}
+    params = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name in CORE_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        params[name] = (hints.get(name, Any), param.default)
+    return params

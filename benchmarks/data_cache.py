@@ -14,15 +14,16 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.data import load_dataset  # noqa: E402
 from toolkit.data.phantom import write_phantom  # noqa: E402
+from toolkit.settings import DataSettings  # noqa: E402
 
-CFG = {"layout": "auto", "image_size": 64, "crop_fraction": 1.0, "percentiles": [0.5, 99.5], "msd_channel": 0,
-       "image_name": None, "mask_name": None, "empty_mask": "error", "cache": True}
+CFG = DataSettings(image_size=64, crop_fraction=1.0)
 
 
 def timed(fn):
@@ -49,8 +50,8 @@ def main() -> None:
             if not path.exists():
                 continue
             cache = tmp / f"cache-{name.replace(' ', '_')}"
-            t_cold, (ss, _) = timed(lambda path=path, cache=cache: load_dataset(dict(CFG, path=str(path)), cache))
-            t_warm, _ = timed(lambda path=path, cache=cache: load_dataset(dict(CFG, path=str(path)), cache))
+            t_cold, (ss, _) = timed(lambda path=path, cache=cache: load_dataset(replace(CFG, path=str(path)), cache))
+            t_warm, _ = timed(lambda path=path, cache=cache: load_dataset(replace(CFG, path=str(path)), cache))
             rows.append((f"{name}: cold load ({len(ss)} slices, 64 px)", t_cold, ""))
             rows.append((f"{name}: warm load (cache hit)", t_warm, f"{t_cold / t_warm:.0f}x faster"))
     load = os.getloadavg()

@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.config import resolve  # noqa: E402
-from toolkit.experiment import build_evaluator, prepare_data  # noqa: E402
+from toolkit.experiment import prepare_data  # noqa: E402
+from toolkit.runtime import reproducible  # noqa: E402
 from toolkit.seg.predict import score_patients  # noqa: E402
-from toolkit.seg.runtime import reproducible  # noqa: E402
 from toolkit.seg.train import Pool, train_unet  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     rows = []
     for n in args.patients:
         config = resolve(profile=args.profile, overrides=[f"split.n_train_patients={n}", "run.evaluators=[dice_gain]"])
-        seg = build_evaluator(config, "dice_gain").seg
+        seg = config.seg
         data = prepare_data(config)
         start = time.perf_counter()
         with reproducible(args.threads):

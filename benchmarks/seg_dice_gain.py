@@ -13,6 +13,7 @@ load, since other processes on a shared CPU slow every number.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import logging
 import os
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from toolkit.data.slices import SliceSet  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
 from toolkit.registry import EVALUATORS  # noqa: E402
+from toolkit.settings import SegSettings  # noqa: E402
 
 
 def stand_in(n: int, seed: int, prefix: str, size: int = 64, slices: int = 16) -> SliceSet:
@@ -55,7 +57,8 @@ def stand_in(n: int, seed: int, prefix: str, size: int = 64, slices: int = 16) -
 
 
 def main() -> None:
-    defaults = {k: v.default for k, v in inspect.signature(EVALUATORS.get("dice_gain")).parameters.items()}
+    defaults = {**dataclasses.asdict(SegSettings()),
+                **{k: v.default for k, v in inspect.signature(EVALUATORS.get("dice_gain")).parameters.items()}}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--seeds", type=int, default=defaults["seeds"])
@@ -75,9 +78,9 @@ def main() -> None:
         for label in ("cold cache (trains the baselines)", "warm cache (baselines from disk)"):
             ctx = EvalContext(train=train, val=stand_in(4, 2, "val"), test=stand_in(8, 3, "test"),
                               synthetic=synthetic, device=torch.device("cpu"), run_dir=Path(tmp) / "run",
-                              cache_dir=Path(tmp) / "cache", data_fingerprint="stand-in")
-            evaluator = EVALUATORS.get("dice_gain")(steps=args.steps, seeds=args.seeds, threads=args.threads,
-                                                    controls=tuple(controls))
+                              cache_dir=Path(tmp) / "cache", data_fingerprint="stand-in",
+                              seg=SegSettings(steps=args.steps, threads=args.threads))
+            evaluator = EVALUATORS.get("dice_gain")(seeds=args.seeds, controls=tuple(controls))
             load = os.getloadavg()[0]
             start = time.perf_counter()
             metrics = evaluator.evaluate(ctx)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.config import resolve  # noqa: E402
 from toolkit.data.slices import SliceSet  # noqa: E402
-from toolkit.experiment import build_evaluator, prepare_data  # noqa: E402
+from toolkit.experiment import build_evaluators, prepare_data  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
 
 
@@ -46,12 +46,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a dice_gain setting, e.g. --set steps=100")
+                        help="a config override, e.g. --set seg.steps=100 or --set evaluators.dice_gain.seeds=5")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = resolve(profile=args.profile, overrides=["split.n_train_patients=4", "run.evaluators=[dice_gain]"]
-                     + [f"evaluators.dice_gain.{o}" for o in args.overrides])
-    settings = build_evaluator(config, "dice_gain")
+                     + args.overrides)
+    settings = build_evaluators(config)["dice_gain"]
     data = prepare_data(config)
     oracle = SliceSet(data.train.images, data.train.masks, data.train.cond, np.full(len(data.train), "synthetic"),
                       np.arange(len(data.train), dtype=np.int64))
@@ -60,9 +60,9 @@ def main() -> None:
         for name, synthetic in (("oracle", oracle), ("noise", noise_like(data.train))):
             ctx = EvalContext(train=data.train, val=data.val, test=data.test, synthetic=synthetic,
                               device=torch.device("cpu"), run_dir=Path(tmp) / name, cache_dir=Path(tmp) / "cache",
-                              data_fingerprint=data.fingerprint)
+                              data_fingerprint=data.fingerprint, seg=config.seg)
             start = time.perf_counter()
-            m = build_evaluator(config, "dice_gain").evaluate(ctx)
+            m = build_evaluators(config)["dice_gain"].evaluate(ctx)
             rows.append((name, m, time.perf_counter() - start))
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     table = ["| synthetic set | baseline Dice | augmented Dice | gain [95% CI] | label fidelity | wall s |",
@@ -72,7 +72,7 @@ def main() -> None:
               f"| {t:.0f} |" for n, m, t in rows]
     command = "python benchmarks/seg_phantom_gain.py --profile " + args.profile + "".join(
         f" --set {o}" for o in args.overrides)
-    text = (f"dice_gain settings: {settings.seg}, seeds {settings.seeds}, ratio {settings.ratio}\n\n"
+    text = (f"dice_gain settings: {config.seg}, seeds {settings.seeds}, ratio {settings.ratio}\n\n"
             f"Phantom, {args.profile} profile split with 4 training patients ({len(data.train)} train slices, "
             f"{len(data.test.patients())} test patients); `{uptime}` at the end\n\n" + "\n".join(table))
     print(text)

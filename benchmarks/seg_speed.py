@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.nn.unet import UNet  # noqa: E402
-from toolkit.seg.runtime import autocast, cpu_supports_bf16, resolve_precision  # noqa: E402
+from toolkit.runtime import autocast, cpu_supports_bf16, resolve_precision  # noqa: E402
 
 VARIANTS = {
     "fp32 NCHW": (False, None),

@@ -113,7 +113,9 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
     """
     from toolkit.config import ConfigError
     from toolkit.experiment import RunError, load_run_config, run_experiment, summary_table
+    from toolkit.rundir import default_run_name
     from toolkit.train.checkpoint import CheckpointError
+    from toolkit.train.loop import TrainingInterrupted
 
     _load_plugins(plugins)
     if resume:
@@ -130,8 +132,17 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
     if dry_run:
         click.echo(config.to_yaml(), nl=False)
         return
+    name = name or default_run_name(config.run.generator)
     try:
         run_dir = run_experiment(config, out=out, name=name, force=force, resume=resume, quiet=quiet)
+    except TrainingInterrupted as exc:
+        click.echo(f"\n{exc}: python cli.py run --resume --name {name} --out {out}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted. Whatever finished is kept in {Path(out) / name}: continue training with "
+                   f"`python cli.py run --resume --name {name} --out {out}`, or re-score a finished synthetic set "
+                   f"with `python cli.py evaluate --run {Path(out) / name}`", err=True)
+        sys.exit(130)
     except (RunError, ValueError, OSError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}

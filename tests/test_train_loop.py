@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +12,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from tests.conftest import make_slices
+from toolkit.io import WriteError
 from toolkit.registry import GENERATORS
 from toolkit.settings import TrainSettings
-from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
-from toolkit.train.loop import TrainingDiverged, batch_indices, checkpoint_path, train_generator
+from toolkit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from toolkit.train.loop import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    batch_indices,
+    checkpoint_path,
+    resume_state,
+    train_generator,
+)
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler
 from toolkit.train.seeding import rng_state, seed_everything, set_rng_state
@@ -63,7 +74,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*last.pt: disk full; the previous file .* is unchanged"):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
@@ -73,8 +84,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_unreadable_checkpoint_names_the_file(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="last.pt"):
+    with pytest.raises(CheckpointError, match="last.pt cannot be loaded"):
         load_checkpoint(bad)
+    # A file holding objects other than plain weights: refused, never unpickled, never "use weights_only=False".
+    torch.save({"step": 1, "thing": Path("x")}, tmp_path / "objects.pt")
+    with pytest.raises(CheckpointError, match="objects other than plain weights") as info:
+        load_checkpoint(tmp_path / "objects.pt")
+    assert "weights_only=False" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
 
@@ -108,3 +124,41 @@ def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
     image = events.Images("samples/real_vs_synthetic")[-1]
     assert image.step == 6 and image.width > image.height  # real grid left, synthetic right
     assert {"mask_area/real", "mask_area/synthetic"} <= set(tags["histograms"])
+
+
+def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path):
+    cfg = TrainSettings(steps=8, batch_size=4, log_every=2, sample_every=100, checkpoint_every=4)
+    data = make_slices()
+
+    def run(run_dir, interrupt_at=None, resume=False):
+        gen = toy()
+        step_fn = gen.train_step
+
+        def train_step(batch, step):
+            out = step_fn(batch, step)
+            if step == interrupt_at:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does, in the middle of step 4
+                assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C stops at once
+            return out
+
+        gen.train_step = train_step
+        runlog = RunLog(run_dir, quiet=True)
+        try:
+            return train_generator(gen, data, cfg, run_dir, runlog, make_sampler(gen, data), progress=False,
+                                   state=resume_state(run_dir) if resume else None)
+        finally:
+            runlog.close()
+
+    before = signal.getsignal(signal.SIGINT)
+    run(tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted, match="SIGINT: training stopped after step 5 of 8.*--resume"):
+        run(tmp_path / "killed", interrupt_at=4)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert load_checkpoint(checkpoint_path(tmp_path / "killed"))["step"] == 5  # not the periodic step 4
+    assert run(tmp_path / "killed", resume=True)["resumed_from"] == 5
+
+    def losses(run_dir):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")  # the cut log window was kept

@@ -7,6 +7,8 @@ iteration, device placement, logging, sample grids, checkpoints and timing.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,45 @@ GRID_SIZE = 32  # pairs per sample grid
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a step; a checkpoint of that step was written."""
+
+
+class StopRequests:
+    """Turns the first SIGINT / SIGTERM into a request to stop after the current step.
+
+    The loop then finishes the step, writes a checkpoint and raises
+    :class:`TrainingInterrupted`, so nothing since the last periodic
+    checkpoint is lost. The first signal puts the previous handlers back, so a
+    second Ctrl-C stops at once. Only the main thread of a single process can
+    install handlers; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> StopRequests:
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -114,6 +155,7 @@ def train_generator(
         gen.load_state_dict(state["generator"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        window = {k: list(v) for k, v in state.get("log_window", {}).items()}  # a log window the checkpoint cut
         if dist_info.rank > 0:
             # The checkpoint holds rank 0's RNG states; other ranks continue from their own seed.
             seed_everything(seed + dist_info.rank + 1_000_003 * start)
@@ -121,6 +163,7 @@ def train_generator(
         runlog.info(f"resumed from {ckpt} at step {start}")
     else:
         seed_everything(seed + dist_info.rank)
+        window = {}
 
     # Data lives on the device for the whole run: 2D slice sets are small.
     data = train.to_batch().to(gen.device)
@@ -133,48 +176,55 @@ def train_generator(
         writer.add_histogram("mask_area/real", real.mask.mean(dim=(1, 2, 3)), 0)
 
     gen.train()
-    window: dict[str, list[float]] = {}
     last_logged: dict[str, float] = {}
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
                disable=not (progress and dist_info.is_main), dynamic_ncols=True)
-    for step in bar:
-        # One optimisation step on this step's batch.
-        rows = batch_indices(step, len(train), batch_size, seed, dist_info.rank, dist_info.world_size).to(gen.device)
-        batch = Batch(data.image[rows], data.mask[rows], data.cond[rows])
-        losses = gen.train_step(batch, step)
-        for name, value in losses.items():
-            value = float(value)
-            if not math.isfinite(value):
-                good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"step {step}: loss '{name}' is {value}. Training stopped; {good}. "
-                    "Lower the learning rate or enable EMA, then run again (or --resume)."
-                )
-            window.setdefault(name, []).append(value)
-        done = step + 1
+    with StopRequests(enabled=not dist_info.enabled) as stop:
+        for step in bar:
+            # One optimisation step on this step's batch.
+            rows = batch_indices(step, len(train), batch_size, seed, dist_info.rank, dist_info.world_size).to(gen.device)
+            batch = Batch(data.image[rows], data.mask[rows], data.cond[rows])
+            losses = gen.train_step(batch, step)
+            for name, value in losses.items():
+                value = float(value)
+                if not math.isfinite(value):
+                    good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"step {step}: loss '{name}' is {value}. Training stopped; {good}. "
+                        "Lower the learning rate or enable EMA, then run again (or --resume)."
+                    )
+                window.setdefault(name, []).append(value)
+            done = step + 1
 
-        # Log: mean of each loss over the window.
-        if done % log_every == 0 or done == steps:
-            last_logged = {k: sum(v) / len(v) for k, v in window.items()}
-            window.clear()
-            if dist_info.is_main:
-                runlog.scalars(done, last_logged, prefix="loss/")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in list(last_logged.items())[:4]})
+            # Log: mean of each loss over the window.
+            if done % log_every == 0 or done == steps:
+                last_logged = {k: sum(v) / len(v) for k, v in window.items()}
+                window.clear()
+                if dist_info.is_main:
+                    runlog.scalars(done, last_logged, prefix="loss/")
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(last_logged.items())[:4]})
 
-        # Samples: a fixed-seed grid, comparable across steps.
-        if dist_info.is_main and writer is not None and (done % sample_every == 0 or done == steps):
-            fake = sampler(GRID_SIZE, torch.Generator().manual_seed(seed + 11))
-            writer.add_image("samples/real_vs_synthetic", real_vs_synthetic_grid(real, fake), done)
-            writer.add_histogram("mask_area/synthetic", fake.mask.mean(dim=(1, 2, 3)), done)
-            gen.eval()
-            with torch.no_grad():
-                gen.log_visuals(writer, done)
-            gen.train()
+            # Samples: a fixed-seed grid, comparable across steps.
+            if dist_info.is_main and writer is not None and (done % sample_every == 0 or done == steps):
+                fake = sampler(GRID_SIZE, torch.Generator().manual_seed(seed + 11))
+                writer.add_image("samples/real_vs_synthetic", real_vs_synthetic_grid(real, fake), done)
+                writer.add_histogram("mask_area/synthetic", fake.mask.mean(dim=(1, 2, 3)), done)
+                gen.eval()
+                with torch.no_grad():
+                    gen.log_visuals(writer, done)
+                gen.train()
 
-        # Checkpoint: atomic, with RNG states so a resumed run continues exactly.
-        if dist_info.is_main and (done % checkpoint_every == 0 or done == steps):
-            save_checkpoint({"step": done, "generator": gen.state_dict(), "rng": rng_state()}, ckpt)
+            # Checkpoint: atomic, with RNG states so a resumed run continues exactly; also when asked to stop.
+            if dist_info.is_main and (done % checkpoint_every == 0 or done == steps or stop.signal is not None):
+                save_checkpoint({"step": done, "generator": gen.state_dict(), "rng": rng_state(), "log_window": window},
+                                ckpt)
+            if stop.signal is not None:
+                bar.close()
+                name = signal.Signals(stop.signal).name
+                runlog.info(f"{name}: stopped after step {done}; checkpoint written to {ckpt}")
+                raise TrainingInterrupted(f"{name}: training stopped after step {done} of {steps}; the checkpoint "
+                                          f"{ckpt} holds it. Continue with --resume")
     bar.close()
     if dist_info.enabled:
         for hook in hooks:

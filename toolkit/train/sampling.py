@@ -28,13 +28,11 @@ def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None
         mask_source = gen.mask_source or RealMasks(train)
 
     def sample(n: int, generator: torch.Generator) -> Batch:
-        masks = None
+        # Rows are drawn for every generator, so a seed gives the same synthetic set as before mask sources existed.
+        rows = torch.randint(len(real), (n,), generator=generator)
+        masks, cond = None, real.cond[rows] if gen.conditional else None
         if gen.needs_masks:
             masks, cond = mask_source.draw(n, generator)
-        elif gen.conditional:
-            cond = real.cond[torch.randint(len(real), (n,), generator=generator)]
-        else:
-            cond = None
         was_training = {name: m.training for name, m in gen.modules().items()}
         gen.eval()
         try:

@@ -206,3 +206,23 @@ def test_gland_is_not_an_intensity_window(phantom):
             pred = (ss.images > lo) & (ss.images < hi)
             best = max(best, 2 * (pred & gland).sum() / (pred.sum() + gland.sum()))
     assert best < 0.3
+
+
+def test_slices_keep_their_spacing_and_write_volume_round_trips(phantom, tmp_path):
+    from toolkit.data.phantom import SHAPE, SLICE_MM
+    from toolkit.data.volumes import spacing_affine, write_volume
+
+    ss, _ = load_dataset(cfg(path=str(phantom)))
+    assert ss.spacing.shape == (len(ss), 3)
+    pixel = read_volume(phantom / "imagesTr" / f"{ss.patient[0]}.nii.gz").spacing[0]
+    # 128 phantom pixels resized to 32: four times the phantom's pixel size, and the slice distance kept.
+    np.testing.assert_allclose(ss.spacing[0], [pixel * SHAPE[0] / 32, pixel * SHAPE[1] / 32, SLICE_MM], rtol=1e-5)
+    sub = ss.select(np.arange(5))
+    assert np.array_equal(sub.spacing, ss.spacing[:5])
+    sub.save(tmp_path / "s.npz")
+    assert np.array_equal(type(ss).load(tmp_path / "s.npz").spacing, sub.spacing)
+    # write_volume is read_volume's counterpart: same voxels, spacing in the header.
+    volume = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+    path = write_volume(tmp_path / "v.nii.gz", volume, spacing_affine((0.5, 0.7, 3.0)))
+    back = read_volume(path)
+    assert np.array_equal(back.array, volume) and np.allclose(back.spacing, (0.5, 0.7, 3.0))

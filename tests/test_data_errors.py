@@ -76,7 +76,9 @@ def test_shape_and_affine_mismatch(tmp_path):
     shifted = np.eye(4)
     shifted[0, 3] = 5.0
     write_case(tmp_path, "p1", img, mask, mask_affine=shifted)
-    with pytest.raises(DataError, match=r"t2_anatomy_reader1.nii.gz: mask geometry \(affine\)"):
+    # The first line alone says what is wrong, with both files, and what to do.
+    with pytest.raises(DataError, match=r"t2_anatomy_reader1.nii.gz: mask geometry \(voxel-to-world affine\) "
+                                        r"differs from the image's \(.*t2.nii.gz\); resample the mask"):
         load(tmp_path)
 
 
@@ -86,9 +88,11 @@ def test_empty_mask_error_or_skip(tmp_path):
     write_case(tmp_path, "p2", img, np.zeros_like(mask))
     with pytest.raises(DataError, match=r"p2/t2_anatomy_reader1.nii.gz: mask has no foreground.*empty_mask: skip"):
         load(tmp_path)
-    with pytest.warns(UserWarning, match="p2"):
+    with pytest.warns(UserWarning, match="p2") as caught:
         ss, _ = load(tmp_path, empty_mask="skip")
     assert ss.patients() == ["p1"]
+    message = str(caught[0].message)  # says what was done, not to set the option the user already set
+    assert "skipped (data.empty_mask: skip)" in message and "set data.empty_mask" not in message
     with pytest.raises(ConfigError, match="data.empty_mask' .*must be one of error, skip"):
         load(tmp_path, empty_mask="ignore")
 
@@ -199,3 +203,22 @@ def test_inspect_names_bad_files(tmp_path):
     write_case(tmp_path, "p1", img, mask[:, :, :5])
     with pytest.raises(DataError, match="mask shape"):
         inspect_dataset(tmp_path)
+
+
+def test_multi_label_masks_are_reported_and_mapped_explicitly(tmp_path):
+    img, mask = volume()
+    zonal = mask.astype(np.int16)
+    zonal[mask > 0] = 1
+    zonal[4:8, 4:8, 2:4] = 2  # a second zone inside the gland
+    zonal[0, 0, 0] = 7  # and a stray label
+    write_case(tmp_path, "p1", img, zonal)
+    report: dict = {}
+    with pytest.warns(UserWarning, match=r"labels \[1, 2, 7\].*all of them count as gland.*data.labels"):
+        merged, _ = load_dataset(DataSettings(**{**CFG, "path": str(tmp_path)}), report=report)
+    assert report["labels"] == {"setting": "nonzero", "found": [1, 2, 7], "gland": [1, 2, 7]}
+    chosen, _ = load(tmp_path, labels=[1, 2])
+    assert chosen.masks.sum() < merged.masks.sum()  # label 7 is background now
+    with pytest.raises(DataError, match=r"mask labels \[1, 2, 7\] but data.labels: binary"):
+        load(tmp_path, labels="binary")
+    with pytest.raises(ConfigError, match="data.labels"):
+        load(tmp_path, labels="zones")

@@ -46,6 +46,7 @@ class PreparedData:
     test: SliceSet  # every slice of the test patients
     split: dict[str, list[str]]
     fingerprint: str
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)  # mask labels found and used, skipped patients
 
 
 def load_run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Config:
@@ -59,7 +60,8 @@ def load_run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Config:
 
 def prepare_data(config: Config, run: RunDir | None = None) -> PreparedData:
     """Load slices, split by patient (or reuse the run's saved split), select training slices."""
-    slices, fingerprint = datalib.load_dataset(config.data, datalib.cache_dir())
+    report: dict[str, Any] = {}
+    slices, fingerprint = datalib.load_dataset(config.data, datalib.cache_dir(), report=report)
     split = None if run is None else run.read_split()
     if split is not None:
         missing = sorted(set(sum(split.values(), [])) - set(slices.patients()))
@@ -72,7 +74,7 @@ def prepare_data(config: Config, run: RunDir | None = None) -> PreparedData:
     # Slice selection belongs to the data split, so generator seeds share the same training slices.
     train = datalib.select_slices(slices.of_patients(split["train"]), config.data, config.split.seed)
     return PreparedData(train, slices.of_patients(split["val"]), slices.of_patients(split["test"]),
-                        split, fingerprint)
+                        split, fingerprint, report)
 
 
 def build_generator(config: Config, device: torch.device) -> Generator:
@@ -164,6 +166,10 @@ def run_experiment(
         runlog.info(f"data: {len(prepared.train)} training slices from {len(prepared.split['train'])} patients, "
                     f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients "
                     f"(fingerprint {prepared.fingerprint[:12]})")
+        labels = prepared.report.get("labels", {})
+        if len(labels.get("found", [])) > 1 or labels.get("setting") not in (None, "nonzero"):
+            runlog.info(f"mask labels found {labels['found']}; counted as gland: {labels['gland']} "
+                        f"(data.labels: {labels['setting']})")
 
         # Train: the generator gets its context, then the loop runs (resuming from the state read above).
         store = baseline_store(config, prepared, runtime.device)
@@ -185,7 +191,8 @@ def run_experiment(
         run.merge_results({"train": summary,
                            "synthetic": {**describe_set(synthetic), "seconds_per_100": round(100 * seconds / n, 3)},
                            "data": {"fingerprint": prepared.fingerprint, "train_slices": len(prepared.train),
-                                    **{f"{k}_patients": len(v) for k, v in prepared.split.items()}}})
+                                    **{f"{k}_patients": len(v) for k, v in prepared.split.items()},
+                                    **prepared.report}})
 
         # Evaluate: every configured evaluator, results merged into results.json.
         evaluate_prepared(config, run, prepared, synthetic, runtime, runlog, writer, evaluators, store)

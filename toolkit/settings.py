@@ -62,6 +62,9 @@ class DataSettings(Section):
     image_name: str | None = None  # folders layout: image file name; None: known defaults
     mask_name: str | None = None  # folders layout: mask file name; None: known defaults
     empty_mask: Literal["error", "skip"] = "error"  # a volume whose mask is empty
+    # Which mask values are gland: nonzero (every label > 0, with a warning listing them when there are
+    # several, e.g. zonal PZ/TZ masks), binary (anything but 0/1 is an error), or a list such as [1, 2].
+    labels: Literal["nonzero", "binary"] | list[Annotated[int, Range(min=1)]] = "nonzero"
     cache: bool = True  # cache preprocessed slices on disk
     phantom_patients: PositiveInt = 32  # embedded phantom: number of patients
     phantom_seed: int = 0  # embedded phantom: anatomy seed

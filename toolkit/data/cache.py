@@ -22,7 +22,7 @@ from toolkit.data.slices import SliceSet
 #: Bump when preprocessing changes what the same settings produce.
 PREPROCESS_VERSION = 2  # 2: slices carry their spacing
 #: The settings that change the slices a load produces.
-SETTINGS = ("image_size", "crop_fraction", "percentiles", "msd_channel", "empty_mask")
+SETTINGS = ("image_size", "crop_fraction", "percentiles", "msd_channel", "empty_mask", "labels")
 
 
 def cache_dir() -> Path:

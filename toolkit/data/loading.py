@@ -41,7 +41,19 @@ def phantom_dir(n_patients: int, seed: int, cache: Path | None = None) -> Path:
     return out
 
 
-def load_dataset(data_cfg: DataSettings, cache: Path | None = None) -> tuple[SliceSet, str]:
+def label_report(labels_found: dict[str, list[int]], setting) -> dict:
+    """What the masks held and what counted as gland; warns when several labels were merged into the gland."""
+    values = sorted({v for vs in labels_found.values() for v in vs})
+    gland = values if setting == "nonzero" else [1] if setting == "binary" else sorted(setting)
+    if setting == "nonzero" and len(values) > 1:
+        warnings.warn(f"masks hold labels {values} (zonal masks, e.g. PZ/TZ, or a mistake?): all of them count as "
+                      "gland (data.labels: nonzero). Set data.labels to the gland labels, e.g. data.labels=[1, 2], "
+                      "or data.labels=binary to refuse anything but 0/1", stacklevel=3)
+    return {"setting": setting, "found": values, "gland": [v for v in gland if v in values] if values else gland}
+
+
+def load_dataset(data_cfg: DataSettings, cache: Path | None = None,
+                 report: dict | None = None) -> tuple[SliceSet, str]:
     """All axial slices of every patient, and the data fingerprint.
 
     Slices keep volume order within each patient; patients are sorted by id.
@@ -51,6 +63,9 @@ def load_dataset(data_cfg: DataSettings, cache: Path | None = None) -> tuple[Sli
     Args:
         data_cfg: the ``data`` config section.
         cache: cache root; default :func:`toolkit.data.cache.cache_dir`.
+
+        report: a dict to fill with what loading found (``labels``: the mask
+            values seen and those counted as gland; ``skipped`` patients).
 
     Returns:
         (slices, fingerprint): the fingerprint hashes the input files' contents
@@ -77,28 +92,35 @@ def load_dataset(data_cfg: DataSettings, cache: Path | None = None) -> tuple[Sli
             ss, info = hit
             for patient in info.get("skipped", []):
                 warnings.warn(f"patient {patient}: mask is empty, skipped (data.empty_mask: skip)", stacklevel=2)
+            if report is not None:
+                report.update(labels=label_report(info.get("labels", {}), data_cfg.labels),
+                              skipped=info.get("skipped", []))
             return ss, info["fingerprint"]
 
-    parts, skipped = [], []
+    parts, skipped, labels_found = [], [], {}
     for case in cases:
         try:
             arrays = preprocess_case(case, data_cfg)
         except EmptyMask as exc:
             if empty_mode == "error":
                 raise
-            warnings.warn(f"{exc}; skipped", stacklevel=2)
+            warnings.warn(str(exc), stacklevel=2)
             skipped.append(case.patient)
             continue
         n = len(arrays["images"])
+        labels_found[case.patient] = arrays["labels"]
         parts.append(SliceSet(arrays["images"], arrays["masks"], arrays["cond"],
                               np.full(n, case.patient), arrays["slice_index"], arrays["spacing"]))
     if not parts:
         raise DataError(f"{path}: every patient was skipped (empty masks); no slices to load")
+    labels = label_report(labels_found, data_cfg.labels)
+    if report is not None:
+        report.update(labels=labels, skipped=skipped)
     ss = SliceSet.concat(parts)
     ss.patient = ss.patient.astype(str)
     fp = cache_mod.fingerprint(cases, settings)
     if use_cache:
-        cache_mod.save_entry(slices_root, key, ss, {"fingerprint": fp, "skipped": skipped,
+        cache_mod.save_entry(slices_root, key, ss, {"fingerprint": fp, "skipped": skipped, "labels": labels_found,
                                                     "data": str(path), "settings": settings})
     return ss, fp
 

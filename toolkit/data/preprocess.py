@@ -43,8 +43,9 @@ def check_pair(image: Volume, mask: Volume) -> None:
                         f"{image.array.shape[:3]} ({image.path}); they must be voxel-aligned")
     # Tolerate float rounding in headers: 1e-3 of a voxel / 1e-2 mm.
     if not np.allclose(image.affine, mask.affine, atol=1e-2, rtol=1e-3):
-        raise DataError(f"{mask.path}: mask geometry (affine)\n{np.round(mask.affine, 3)}\ndiffers from the "
-                        f"image's ({image.path})\n{np.round(image.affine, 3)}\nresample the mask onto the image grid")
+        raise DataError(f"{mask.path}: mask geometry (voxel-to-world affine) differs from the image's ({image.path}); "
+                        f"resample the mask onto the image grid.\nmask affine:\n{np.round(mask.affine, 3)}\n"
+                        f"image affine:\n{np.round(image.affine, 3)}")
 
 
 def check_labels(mask: Volume, allowed: set[int] | None = None) -> np.ndarray:
@@ -71,6 +72,18 @@ def check_labels(mask: Volume, allowed: set[int] | None = None) -> np.ndarray:
         raise DataError(f"{mask.path}: mask values {shown} include labels not declared in dataset.json "
                         f"({sorted(allowed)})")
     return arr.astype(np.int16, copy=False)
+
+
+def gland_labels(values: list[int], setting: str | list[int], path) -> list[int]:
+    """The label values that count as gland under ``data.labels``, given the values a mask holds (> 0)."""
+    if setting == "binary":
+        if values and values != [1]:
+            raise DataError(f"{path}: mask labels {values} but data.labels: binary expects only 0 and 1; set "
+                            "data.labels: nonzero (every label > 0 is gland) or list the gland labels, e.g. [1, 2]")
+        return [1]
+    if setting == "nonzero":
+        return values
+    return sorted(setting)
 
 
 def normalise(image: np.ndarray, percentiles: tuple[float, float], path) -> np.ndarray:
@@ -132,11 +145,14 @@ def preprocess_case(case: Case, cfg: DataSettings) -> dict[str, np.ndarray]:
     check_pair(Volume(image_arr, image.affine, image.path), mask)
     labels = check_labels(mask, case.allowed_labels)
     if not (labels > 0).any():
-        raise EmptyMask(f"{mask.path}: mask has no foreground in the whole volume (patient {case.patient}); "
-                        f"set data.empty_mask: skip to leave such patients out")
+        hint = "skipped (data.empty_mask: skip)" if cfg.empty_mask == "skip" else \
+            "set data.empty_mask: skip to leave such patients out"
+        raise EmptyMask(f"{mask.path}: mask has no foreground in the whole volume (patient {case.patient}); {hint}")
+    found = sorted(int(v) for v in np.unique(labels) if v > 0)
+    chosen = gland_labels(found, cfg.labels, mask.path)
     sx, sy, sz = image.spacing
     img = axial_slices(image_arr)
-    gland = axial_slices(labels > 0)
+    gland = axial_slices(np.isin(labels, chosen))
     img = normalise(img, tuple(cfg.percentiles), image.path)
     rows, cols = crop_box(img.shape[1], img.shape[2], (sy, sx), cfg.crop_fraction)
     size = cfg.image_size
@@ -149,4 +165,5 @@ def preprocess_case(case: Case, cfg: DataSettings) -> dict[str, np.ndarray]:
         "cond": condition(masks),
         "slice_index": np.arange(len(images), dtype=np.int64),
         "spacing": np.tile(spacing, (len(images), 1)),
+        "labels": found,  # the values > 0 this mask holds (reported, not part of the SliceSet)
     }

@@ -236,7 +236,11 @@ def data_phantom(out, patients, seed):
 @click.option("--mask-name", default=None, help="folders layout: mask file name in each patient folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def data_inspect(path, layout, image_name, mask_name, as_json):
-    """Report the layout found, patients, slices, shapes, spacing, label values and class balance."""
+    """Report the layout found, patients, slices, shapes, spacing, label values and class balance.
+
+    Exits with status 1 when the data would fail a run with the default settings (e.g. empty masks),
+    so it can gate a script; the report says which setting would let such data through.
+    """
     from toolkit.data import DataError
     from toolkit.data.inspect import format_inspection, inspect_dataset
 
@@ -245,6 +249,8 @@ def data_inspect(path, layout, image_name, mask_name, as_json):
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+    if info["problems"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,12 @@ def test_data_phantom_then_inspect(tmp_path):
     assert info["layout"] == "msd" and info["patients"] == 2
     bad = runner.invoke(main, ["data", "inspect", "--data", str(tmp_path), "--layout", "promise12"])
     assert bad.exit_code != 0 and "Error:" in bad.output and "Traceback" not in bad.output
+    # Data that would stop a run (an empty mask): reported, and a non-zero exit so a script can gate on it.
+    import nibabel as nib
+    import numpy as np
+
+    label = tmp_path / "ph" / "labelsTr" / "prostate_01.nii.gz"
+    img = nib.load(str(label))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(label))
+    empty = runner.invoke(main, ["data", "inspect", "--data", str(tmp_path / "ph")])
+    assert empty.exit_code == 1 and "PROBLEM" in empty.output and "data.empty_mask: skip" in empty.output

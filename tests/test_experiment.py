@@ -161,3 +161,45 @@ def test_results_json_is_strict_json(tmp_path):
     text = (tmp_path / "results.json").read_text()
     values = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert values["evaluation"]["x"]["values"] == {"a": None, "b": None, "c": 1.5}
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_clean_line_and_the_last_good_checkpoint_stays(
+        cli, tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from toolkit.train.checkpoint import load_checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint (step 4 of the smoke profile) hits a full disk
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    result = cli(*run_args(tmp_path))
+    monkeypatch.undo()
+    assert result.exit_code == 1 and "No space left on device" in result.output and "last.pt" in result.output
+    assert "Traceback" not in result.output
+    assert load_checkpoint(tmp_path / "r1" / "checkpoints" / "last.pt")["step"] == 2
+    assert [p.name for p in (tmp_path / "r1" / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def test_yaml_errors_name_the_file_and_line(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1, 2\n")
+    result = cli(*run_args(tmp_path), "--config", str(bad))
+    assert result.exit_code != 0 and "bad.yaml" in result.output and "line" in result.output
+    assert "<unicode string>" not in result.output and "Traceback" not in result.output
+
+
+def test_an_unusable_output_folder_is_named(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = cli(*run_args(blocker / "runs"))
+    assert result.exit_code != 0 and "cannot create the run directory" in result.output
+    assert "Traceback" not in result.output

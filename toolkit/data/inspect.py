@@ -25,7 +25,9 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
         slices), ``gland_slices``, ``shapes`` / ``spacings`` (distinct canonical
         values with counts), ``label_values`` (sorted, over all masks),
         ``foreground_fraction`` (gland voxels / all voxels), ``empty_masks``
-        (patients without foreground) and ``cases`` (per patient details).
+        (patients without foreground), ``problems`` (what would stop a run with
+        the default settings, each with the setting that lets it through) and
+        ``cases`` (per patient details).
     """
     channel = int(data_cfg.get("msd_channel", 0))
     layout, cases = find_cases(Path(path), layout, data_cfg.get("image_name"), data_cfg.get("mask_name"), channel)
@@ -59,7 +61,14 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
                          "intensity_range": [float(arr.min()), float(arr.max())]})
     if not per_case:
         raise DataError(f"{path}: no cases found")
-    return {"layout": layout, "path": str(path), "patients": len(cases), "slices": slices,
+    problems = []
+    if empty:
+        problems.append(f"{len(empty)} patient(s) with an empty mask ({', '.join(empty)}): a run stops on them; "
+                        "data.empty_mask: skip leaves them out")
+    if len(labels - {0}) > 1:
+        problems.append(f"masks hold several labels {sorted(labels - {0})}: a run counts all > 0 as gland and warns; "
+                        "data.labels: [..] chooses the gland labels")
+    return {"layout": layout, "path": str(path), "patients": len(cases), "slices": slices, "problems": problems,
             "gland_slices": gland_slices, "shapes": shapes, "spacings": spacings, "label_values": sorted(labels),
             "foreground_fraction": fg / max(total, 1), "empty_masks": empty, "cases": per_case}
 
@@ -82,6 +91,5 @@ def format_inspection(info: dict) -> str:
     ranges = [c["intensity_range"] for c in info["cases"]]
     lines.append(f"intensities: max per volume from {min(r[1] for r in ranges):g} to {max(r[1] for r in ranges):g}"
                  f" (normalised per volume)")
-    if info["empty_masks"]:
-        lines.append(f"EMPTY masks: {', '.join(info['empty_masks'])} (data.empty_mask: skip leaves them out)")
+    lines += [f"PROBLEM: {p}" for p in info["problems"]]
     return "\n".join(lines)

@@ -7,9 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from toolkit.data import cache_dir, load_dataset, split_patients
+from toolkit.data import DataError, cache_dir, load_dataset, split_patients
 from toolkit.data import loading as loading_mod
 from toolkit.data.phantom import write_phantom
+from toolkit.schema import ConfigError
 from toolkit.settings import DataSettings, SplitSettings
 
 PATIENTS = [f"case{i:02d}" for i in range(20)]
@@ -96,3 +97,20 @@ def test_embedded_phantom_is_written_once(tmp_path, monkeypatch):
     ss2, fp2 = load_dataset(DataSettings(**dict(CFG, cache=False)))
     assert calls == [] and fp2 == fp
     np.testing.assert_array_equal(ss2.images, ss.images)
+
+
+def test_rest_of_the_patients_test_and_val_test_stay_fixed_across_regimes():
+    patients = [f"p{i:02d}" for i in range(20)]
+    splits = {n: split_patients(patients, SplitSettings(val_patients=3, test_patients="rest", train_pool=8,
+                                                        n_train_patients=n)) for n in (2, 4, 8)}
+    for n, s in splits.items():
+        assert len(s["train"]) == n and len(s["val"]) == 3 and len(s["test"]) == 20 - 3 - 8
+        assert len(s["unused"]) == 8 - n and not set(s["unused"]) & (set(s["train"]) | set(s["test"]))
+        assert s["val"] == splits[8]["val"] and s["test"] == splits[8]["test"]
+        assert set(s["train"]) <= set(splits[8]["train"])
+    with pytest.raises(DataError, match=r"at least 12 patients.*train_pool=8"):
+        split_patients(patients[:11], SplitSettings(val_patients=3, test_patients="rest", train_pool=8))
+    with pytest.raises(ConfigError, match="test_patients: rest needs split.train_pool"):
+        SplitSettings(test_patients="rest")
+    with pytest.raises(ConfigError, match="larger than split.train_pool"):
+        SplitSettings(train_pool=4, n_train_patients=6)

@@ -269,3 +269,17 @@ def test_fd_alone_on_a_finished_evaluation_matches_the_full_one(tmp_path):
     assert alone["fd_seg"] == full["fd_seg"]
     fresh = fd(**settings).evaluate(make_ctx(tmp_path / "fresh", synthetic, cache=tmp_path / "other-cache"))
     assert fresh["fd_seg"] == pytest.approx(full["fd_seg"])  # retrained from scratch: deterministic
+
+
+def test_extra_real_positive_control_reports_its_gain_with_a_ci(tmp_path):
+    ctx = make_ctx(tmp_path, noise_set(16, seed=9))
+    with pytest.raises(ValueError, match="extra_real control needs real patients outside every split"):
+        evaluator(controls=["extra_real"]).evaluate(ctx)
+    ctx = make_ctx(tmp_path / "with-extra", noise_set(16, seed=9))
+    ctx.extra = ellipse_patients(3, seed=4, prefix="extra")
+    metrics = evaluator(controls=["extra_real"]).evaluate(ctx)
+    assert metrics["extra_real_patients"] == 3
+    for key in ("extra_real_gain", "extra_real_gain_ci_low", "extra_real_gain_ci_high", "extra_real_gain_mde80"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["extra_real_gain"] == pytest.approx(metrics["dice_extra_real"] - metrics["dice_baseline"])
+    assert metrics["dice_gain_mde80"] > 0 and metrics["dice_gain_ci_halfwidth"] >= 0

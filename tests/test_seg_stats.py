@@ -58,3 +58,29 @@ def test_paired_summary_hand_case():
 
 def test_movers_largest_absolute_first():
     assert movers(["a", "b", "c", "d"], np.array([0.1, -0.5, 0.3, 0.0]), k=2) == [("b", -0.5), ("c", 0.3)]
+
+
+def test_variance_components_and_mde_match_a_hand_computed_case():
+    from toolkit.seg.stats import variance_components
+
+    # Seed effect +-1, patient effect -1/0/+1, no interaction: by hand var_seed = 6/3 = 2 (MS_seed = 3 * 2 / 1),
+    # var_patient = 2/2 = 1 (MS_patient = 2 * 2 / 2), residual 0; SE^2 = 2/2 + 1/3 = 4/3.
+    power = variance_components(np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]))
+    assert (power.var_seed, power.var_patient, power.var_residual) == pytest.approx((2.0, 1.0, 0.0))
+    assert power.standard_error() == pytest.approx((4 / 3) ** 0.5)
+    # (z_0.975 + z_0.8) = 1.959964 + 0.841621 = 2.801585
+    assert power.mde() == pytest.approx(2.801585 * (4 / 3) ** 0.5, rel=1e-5)
+    # More seeds and patients shrink it as the formula says.
+    assert power.mde(n_seeds=8, n_patients=12) == pytest.approx(2.801585 * (2 / 8 + 1 / 12) ** 0.5, rel=1e-5)
+    # One seed: all spread over patients is residual, SE = std / sqrt(P).
+    one = variance_components(np.array([[0.1, 0.3, 0.2, 0.6]]))
+    assert one.standard_error() == pytest.approx(np.std([0.1, 0.3, 0.2, 0.6], ddof=1) / 2)
+
+
+def test_paired_summary_reports_halfwidth_and_mde():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 0.7, (3, 10))
+    b = a + 0.02 + rng.normal(0, 0.01, (3, 10))
+    m = paired_summary(a, b, samples=500).as_metrics("g")
+    assert m["g_ci_halfwidth"] == pytest.approx((m["g_ci_high"] - m["g_ci_low"]) / 2)
+    assert 0 < m["g_mde80"] < 0.05 and m["g_se"] > 0

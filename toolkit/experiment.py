@@ -46,6 +46,7 @@ class PreparedData:
     test: SliceSet  # every slice of the test patients
     split: dict[str, list[str]]
     fingerprint: str
+    extra: SliceSet | None = None  # pool patients outside every split (the extra_real control), slice-selected
     report: dict[str, Any] = dataclasses.field(default_factory=dict)  # mask labels found and used, skipped patients
 
 
@@ -73,8 +74,10 @@ def prepare_data(config: Config, run: RunDir | None = None) -> PreparedData:
             run.write_split(config["split"], split)
     # Slice selection belongs to the data split, so generator seeds share the same training slices.
     train = datalib.select_slices(slices.of_patients(split["train"]), config.data, config.split.seed)
+    unused = split.get("unused", [])
+    extra = datalib.select_slices(slices.of_patients(unused), config.data, config.split.seed) if unused else None
     return PreparedData(train, slices.of_patients(split["val"]), slices.of_patients(split["test"]),
-                        split, fingerprint, report)
+                        split, fingerprint, extra, report)
 
 
 def build_generator(config: Config, device: torch.device) -> Generator:
@@ -163,8 +166,11 @@ def run_experiment(
                 writer.close()
                 run.remove()  # bad data: the run never started, so leave nothing to collide with the next try
             raise
+        test_note = " (every patient outside validation and the training pool)" \
+            if config.split.test_patients == "rest" else ""
         runlog.info(f"data: {len(prepared.train)} training slices from {len(prepared.split['train'])} patients, "
-                    f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients "
+                    f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients{test_note}, "
+                    f"{len(prepared.split.get('unused', []))} pool patients outside every split "
                     f"(fingerprint {prepared.fingerprint[:12]})")
         labels = prepared.report.get("labels", {})
         if len(labels.get("found", [])) > 1 or labels.get("setting") not in (None, "nonzero"):
@@ -219,7 +225,8 @@ def evaluate_prepared(
     ctx = EvalContext(
         train=prepared.train, val=prepared.val, test=prepared.test, synthetic=synthetic, device=runtime.device,
         run_dir=run.path, cache_dir=datalib.cache_dir() / "eval", data_fingerprint=prepared.fingerprint,
-        seg=config.seg, baselines=store or baseline_store(config, prepared, runtime.device), seed=config.seed,
+        seg=config.seg, baselines=store or baseline_store(config, prepared, runtime.device), extra=prepared.extra,
+        seed=config.seed,
         writer=writer, step=config.train.steps,
     )
     metrics: dict[str, dict[str, Any]] = {}

@@ -217,6 +217,9 @@ class EvalContext:
         seg: the segmenter settings (the core ``seg`` section).
         baselines: the real-data baseline U-Nets by seed (cached), shared by
             ``dice_gain`` and the ``seg`` feature space.
+        extra: real slices of patients outside every split (training-pool
+            patients this regime does not use), or None: the ``extra_real``
+            positive control, what more real data is worth.
         seed: the experiment seed.
         writer: TensorBoard writer, or None.
         step: the TensorBoard step to log at (the run's final training step).
@@ -233,6 +236,7 @@ class EvalContext:
     data_fingerprint: str
     seg: SegSettings = field(default_factory=lambda: _default_seg())
     baselines: BaselineStore | None = None
+    extra: SliceSet | None = None
     seed: int = 0
     writer: SummaryWriter | None = None
     step: int = 0

@@ -80,8 +80,24 @@ class SplitSettings(Section):
     section: ClassVar[str] = "split"
     seed: int = 0  # seed of the patient-level split
     val_patients: PositiveInt = 4
-    test_patients: PositiveInt = 8
-    n_train_patients: PositiveInt | None = None  # None: every remaining patient; fewer: the low-data regime
+    # A number, or "rest": every patient outside validation and the training pool (test patients cost
+    # only inference, and more of them narrow the CI); "rest" needs train_pool.
+    test_patients: PositiveInt | Literal["rest"] = 8
+    # Patients reserved for training (with a number of test patients: at most this many); the first
+    # n_train_patients of them train, so val and test stay the same for every n_train_patients <= train_pool.
+    # Pool patients that do not train are the extra_real control's. None: every patient outside val and test.
+    train_pool: PositiveInt | None = None
+    n_train_patients: PositiveInt | None = None  # None: the whole pool; fewer: the low-data regime
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.test_patients == "rest" and self.train_pool is None:
+            raise ConfigError("split.test_patients: rest needs split.train_pool (the patients reserved for "
+                              "training), so that val and test stay fixed when n_train_patients changes")
+        if self.train_pool is not None and self.n_train_patients is not None and \
+                self.n_train_patients > self.train_pool:
+            raise ConfigError(f"split.n_train_patients={self.n_train_patients} is larger than "
+                              f"split.train_pool={self.train_pool}; raise train_pool or lower n_train_patients")
 
 
 @dataclass(frozen=True)

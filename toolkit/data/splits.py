@@ -11,11 +11,13 @@ from toolkit.settings import SplitSettings
 def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, list[str]]:
     """Split patient ids into train / val / test.
 
-    Test patients are drawn first, then validation, from one seeded
-    permutation of the sorted ids; the rest is the training pool, of which the
-    first ``n_train_patients`` are kept. So val and test do not change when
-    ``n_train_patients`` does, and smaller training sets are subsets of larger
-    ones (a fair low-data curve).
+    From one seeded permutation of the sorted ids: with a number of test
+    patients, test first, then validation, and the rest (or its first
+    ``train_pool``) is the training pool; with ``test_patients: rest``,
+    validation first, then the ``train_pool``, and every other patient tests.
+    The first ``n_train_patients`` of the pool train. So val and test do not
+    change when ``n_train_patients`` does, and smaller training sets are
+    subsets of larger ones (a fair low-data curve).
 
     Args:
         patients: patient ids (order does not matter; duplicates are an error).
@@ -23,7 +25,8 @@ def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, l
             ``test_patients``, ``n_train_patients`` (None: all remaining).
 
     Returns:
-        ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+        ``{"train", "val", "test", "unused"}``, each sorted; ``unused`` are pool
+        patients outside every split this time (the ``extra_real`` control's patients).
 
     Raises:
         DataError: too few patients for the requested split, or bad counts.
@@ -33,15 +36,27 @@ def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, l
         dup = sorted({p for p in ids if ids.count(p) > 1})
         raise DataError(f"split: patient ids must be unique, found duplicates {dup}")
     n_val, n_test, n_train = split_cfg.val_patients, split_cfg.test_patients, split_cfg.n_train_patients
-    pool = len(ids) - n_val - n_test
-    need = n_val + n_test + (n_train or 1)
-    if pool < (n_train or 1):
-        raise DataError(
-            f"split needs {need} patients (val_patients={n_val} + test_patients={n_test} + "
-            f"{n_train or 'at least 1'} training) but the data has {len(ids)}; lower split.val_patients / "
-            f"split.test_patients / split.n_train_patients or add patients"
-        )
+    pool_size = split_cfg.train_pool
     order = [ids[i] for i in np.random.default_rng(split_cfg.seed).permutation(len(ids))]
-    test, val, rest = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    train = rest if n_train is None else rest[:n_train]
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    if n_test == "rest":
+        # Validation, then the training pool, then every other patient tests: more test patients for free.
+        need = n_val + pool_size + 1
+        if len(ids) < need:
+            raise DataError(
+                f"split needs at least {need} patients (val_patients={n_val} + train_pool={pool_size} + at least "
+                f"1 test patient) but the data has {len(ids)}; lower split.val_patients / split.train_pool"
+            )
+        val, pool, test = order[:n_val], order[n_val:n_val + pool_size], order[n_val + pool_size:]
+    else:
+        need = n_val + n_test + (n_train or 1)
+        if len(ids) < need:
+            raise DataError(
+                f"split needs {need} patients (val_patients={n_val} + test_patients={n_test} + "
+                f"{n_train or 'at least 1'} training) but the data has {len(ids)}; lower split.val_patients / "
+                "split.test_patients / split.n_train_patients or add patients"
+            )
+        test, val, rest = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+        pool = rest if pool_size is None else rest[:pool_size]  # here train_pool is a cap
+    train = pool if n_train is None else pool[:n_train]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test),
+            "unused": sorted(set(pool) - set(train))}

@@ -1,4 +1,9 @@
-"""Control arms: real slices made to look like the synthetic set in one respect.
+"""Control arms: real slices made to look like the synthetic set in one respect, and the positive control.
+
+``extra_real`` (the positive control) adds real pairs of patients outside
+every split, at the synthetic set's ratio: its gain is what more real data is
+worth, the effect a good generator would approach, and the yardstick of what
+the protocol can resolve.
 
 A Dice gain from synthetic data can come from something other than the
 generator's skill. Generators often over-produce slices with gland, and the
@@ -13,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-CONTROLS = ("balanced_real", "blurred_real")
+CONTROLS = ("balanced_real", "blurred_real", "extra_real")
 
 
 def gland_share_weights(has_gland: np.ndarray, share: float) -> tuple[np.ndarray | None, float]:

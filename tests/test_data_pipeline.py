@@ -226,3 +226,16 @@ def test_slices_keep_their_spacing_and_write_volume_round_trips(phantom, tmp_pat
     path = write_volume(tmp_path / "v.nii.gz", volume, spacing_affine((0.5, 0.7, 3.0)))
     back = read_volume(path)
     assert np.array_equal(back.array, volume) and np.allclose(back.spacing, (0.5, 0.7, 3.0))
+
+
+def test_gland_extent_gives_share_and_the_crop_that_keeps_the_gland():
+    from toolkit.data.inspect import gland_extent
+
+    gland = np.zeros((40, 40, 5), dtype=bool)
+    gland[15:25, 15:25, 1:4] = True  # a 10 x 10 gland around the centre of a 40 x 40 slice, 1 mm pixels
+    share, needed = gland_extent(gland, (1.0, 1.0, 3.0))
+    assert share == pytest.approx(100 / 1600)
+    assert needed == pytest.approx(10 / 40)  # reaches 5 mm from the centre each way: a 10 mm crop of a 40 mm side
+    off = np.zeros((40, 40, 5), dtype=bool)
+    off[0:4, 18:22, 2] = True  # at the edge: only the whole field of view keeps it
+    assert gland_extent(off, (1.0, 1.0, 3.0))[1] == pytest.approx(1.0)

@@ -20,6 +20,7 @@ import torch
 import toolkit
 from toolkit import data as datalib
 from toolkit.config import Config, plugin_kwargs, resolve
+from toolkit.data.inspect import SMALL_GLAND_SHARE
 from toolkit.data.masks import build_mask_source
 from toolkit.data.slices import COND_DIM, SliceSet
 from toolkit.plugin import EvalContext, Evaluator, Generator, TrainContext
@@ -172,6 +173,13 @@ def run_experiment(
                     f"{len(prepared.split['val'])} val / {len(prepared.split['test'])} test patients{test_note}, "
                     f"{len(prepared.split.get('unused', []))} pool patients outside every split "
                     f"(fingerprint {prepared.fingerprint[:12]})")
+        gland = prepared.train.has_gland()
+        prepared.report["gland_share"] = round(float(prepared.train.masks[gland].mean()), 4) if gland.any() else 0.0
+        if prepared.report["gland_share"] < SMALL_GLAND_SHARE:
+            runlog.info(f"hint: the gland covers {100 * prepared.report['gland_share']:.1f}% of a training slice at "
+                        f"data.crop_fraction={config.data.crop_fraction} ({config.data.image_size} px); real pelvic "
+                        "scans usually need a centre crop: `python cli.py data inspect --data DIR` suggests one "
+                        "that keeps every gland (e.g. --set data.crop_fraction=0.65)")
         labels = prepared.report.get("labels", {})
         if len(labels.get("found", [])) > 1 or labels.get("setting") not in (None, "nonzero"):
             runlog.info(f"mask labels found {labels['found']}; counted as gland: {labels['gland']} "

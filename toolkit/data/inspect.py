@@ -9,7 +9,32 @@ import numpy as np
 from toolkit.data.errors import DataError
 from toolkit.data.layouts import find_cases
 from toolkit.data.preprocess import check_labels, check_pair, pick_channel
-from toolkit.data.volumes import Volume, read_volume
+from toolkit.data.volumes import Volume, axial_slices, read_volume
+
+#: Below this share of a gland slice, a 64 x 64 slice gives the gland only a few dozen pixels.
+SMALL_GLAND_SHARE = 0.03
+CROP_MARGIN = 0.1  # extra fraction of the field of view kept around the widest gland in a suggested crop
+
+
+def gland_extent(gland_xyz: np.ndarray, spacing_xyz: tuple[float, float, float]) -> tuple[float, float]:
+    """(share of a gland slice's area that is gland, centre-crop fraction that still holds the whole gland).
+
+    Both on the radiological axial slices the loader makes; the crop fraction is
+    in millimetres of the shorter side, as ``data.crop_fraction`` is.
+    """
+    gland = axial_slices(gland_xyz)  # [Z, rows, cols]
+    on = gland.reshape(len(gland), -1).any(axis=1)
+    if not on.any():
+        return 0.0, 0.0
+    share = float(gland[on].mean())
+    rows, cols = np.nonzero(gland.any(axis=0))
+    n_r, n_c = gland.shape[1:]
+    sy, sx = spacing_xyz[1], spacing_xyz[0]
+    # Distance (mm) from the slice centre to the farthest gland pixel edge, per axis.
+    reach_r = max(abs(rows.min() - n_r / 2), abs(rows.max() + 1 - n_r / 2)) * sy
+    reach_c = max(abs(cols.min() - n_c / 2), abs(cols.max() + 1 - n_c / 2)) * sx
+    side = min(n_r * sy, n_c * sx)
+    return share, float(min(1.0, 2 * max(reach_r, reach_c) / side))
 
 
 def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
@@ -24,7 +49,9 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
         ``layout``, ``path``, ``patients`` (count), ``slices`` (total axial
         slices), ``gland_slices``, ``shapes`` / ``spacings`` (distinct canonical
         values with counts), ``label_values`` (sorted, over all masks),
-        ``foreground_fraction`` (gland voxels / all voxels), ``empty_masks``
+        ``foreground_fraction`` (gland voxels / all voxels), ``gland_share``
+        (mean share of a gland slice that is gland), ``suggested_crop_fraction``
+        (the centre crop that keeps every patient's gland, plus a margin), ``empty_masks``
         (patients without foreground), ``problems`` (what would stop a run with
         the default settings, each with the setting that lets it through) and
         ``cases`` (per patient details).
@@ -47,6 +74,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
         shapes[shape] = shapes.get(shape, 0) + 1
         spacings[spacing] = spacings.get(spacing, 0) + 1
         case_labels = sorted(int(v) for v in np.unique(lab))
+        share, needed = gland_extent(gland, image.spacing)
         labels.update(case_labels)
         n_gland = int(gland.any(axis=(0, 1)).sum())
         slices += arr.shape[2]
@@ -57,10 +85,14 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
             empty.append(case.patient)
         per_case.append({"patient": case.patient, "image": str(case.image), "mask": str(case.mask),
                          "shape": shape, "spacing": spacing, "labels": case_labels, "slices": int(arr.shape[2]),
-                         "gland_slices": n_gland, "channels": int(image.array.shape[3]) if image.array.ndim == 4 else 1,
+                         "gland_slices": n_gland, "gland_share": share, "crop_needed": needed,
+                         "channels": int(image.array.shape[3]) if image.array.ndim == 4 else 1,
                          "intensity_range": [float(arr.min()), float(arr.max())]})
     if not per_case:
         raise DataError(f"{path}: no cases found")
+    shares = [c["gland_share"] for c in per_case if c["gland_slices"]]
+    gland_share = float(np.mean(shares)) if shares else 0.0
+    suggested = round(min(1.0, max((c["crop_needed"] for c in per_case), default=1.0) + CROP_MARGIN), 2)
     problems = []
     if empty:
         problems.append(f"{len(empty)} patient(s) with an empty mask ({', '.join(empty)}): a run stops on them; "
@@ -69,6 +101,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
         problems.append(f"masks hold several labels {sorted(labels - {0})}: a run counts all > 0 as gland and warns; "
                         "data.labels: [..] chooses the gland labels")
     return {"layout": layout, "path": str(path), "patients": len(cases), "slices": slices, "problems": problems,
+            "gland_share": gland_share, "suggested_crop_fraction": suggested,
             "gland_slices": gland_slices, "shapes": shapes, "spacings": spacings, "label_values": sorted(labels),
             "foreground_fraction": fg / max(total, 1), "empty_masks": empty, "cases": per_case}
 
@@ -87,7 +120,14 @@ def format_inspection(info: dict) -> str:
         f"spacing mm:  {counts(info['spacings'])}",
         f"labels:      {info['label_values']}   (> 0 is the gland)",
         f"class balance: gland {100 * info['foreground_fraction']:.2f}% of voxels",
+        f"gland size:  {100 * info['gland_share']:.1f}% of a gland slice at data.crop_fraction 1.0; a centre crop of "
+        f"{info['suggested_crop_fraction']} keeps every gland with a margin "
+        f"({100 * min(1.0, info['gland_share'] / info['suggested_crop_fraction'] ** 2):.1f}% of the slice)",
     ]
+    if info["gland_share"] < SMALL_GLAND_SHARE:
+        lines.append(f"HINT: the gland is small in the slice; at 64 x 64 it gets about "
+                     f"{info['gland_share'] * 64 * 64:.0f} pixels. Use --set data.crop_fraction="
+                     f"{info['suggested_crop_fraction']} (the default is 1.0: the whole field of view)")
     ranges = [c["intensity_range"] for c in info["cases"]]
     lines.append(f"intensities: max per volume from {min(r[1] for r in ranges):g} to {max(r[1] for r in ranges):g}"
                  f" (normalised per volume)")

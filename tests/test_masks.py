@@ -73,3 +73,28 @@ def test_run_source_reads_another_runs_synthetic_masks(train, tmp_path):
 def test_unknown_source_names_the_valid_ones():
     with pytest.raises(ValueError, match="deformed_real, real, run:<dir>"):
         check_source("deformed")
+
+
+def test_deformed_real_control_warps_image_and_mask_together(train):
+    from toolkit.plugin import TrainContext
+    from toolkit.registry import GENERATORS
+    from toolkit.types import DataSpec
+
+    cls = GENERATORS.get("deformed_real")
+    still = cls(DataSpec(image_size=32), rotate_deg=0.0, scale=0.0, translate=0.0, elastic=0.0)
+    still.setup(TrainContext(train=train))
+    out = still.sample(12, generator=torch.Generator().manual_seed(0))
+    # No deformation but the flip: every pair is a training pair or its mirror, image and mask alike.
+    real_images, real_masks = train.images, train.masks.astype(np.float32)
+    for image, mask in zip(out.image[:, 0].numpy(), out.mask[:, 0].numpy()):
+        matches = [np.abs(real_images - im).max(axis=(1, 2)) < 1e-5 for im in (image, image[:, ::-1])]
+        same_mask = [(real_masks == m).all(axis=(1, 2)) for m in (mask, mask[:, ::-1])]
+        assert any((a & b).any() for a, b in zip(matches, same_mask))
+    warped = cls(DataSpec(image_size=32))
+    warped.setup(TrainContext(train=train))
+    moved = warped.sample(12, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(moved.image, out.image) and set(moved.mask.unique().tolist()) <= {0.0, 1.0}
+    # The gland is where the mask says: brighter inside than outside (the toy glands are bright).
+    inside = moved.image[moved.mask > 0].mean()
+    outside = moved.image[moved.mask == 0].mean()
+    assert inside > outside + 0.2

@@ -71,11 +71,13 @@ class RealMasks(MaskSource):
 
 
 def deform(masks: torch.Tensor, generator: torch.Generator, *, rotate_deg: float, scale: float,
-           translate: float, elastic: float, elastic_grid: int = 4) -> torch.Tensor:
-    """Masks [N, 1, H, W] under one random flip + rotation + zoom + shift + smooth elastic warp each.
+           translate: float, elastic: float, elastic_grid: int = 4,
+           images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masks [N, 1, H, W] (and their images) under one random flip + rotation + zoom + shift + elastic warp each.
 
     Bilinear resampling then a 0.5 threshold keeps the boundary smooth (a
     nearest-neighbour warp would make it jagged) and the values in {0, 1}.
+    Images, when given, follow the same warp (bilinear, background -1 outside).
     """
     n, _, h, w = masks.shape
     u = torch.rand(n, 5, generator=generator)
@@ -91,7 +93,9 @@ def deform(masks: torch.Tensor, generator: torch.Generator, *, rotate_deg: float
         coarse = torch.randn(n, 2, elastic_grid, elastic_grid, generator=generator) * elastic
         grid = grid + F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     warped = F.grid_sample(masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (warped > 0.5).float()
+    if images is not None:
+        images = F.grid_sample(images.float() + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    return (warped > 0.5).float(), images
 
 
 def is_plausible(mask: np.ndarray, area_range: tuple[float, float]) -> bool:
@@ -119,6 +123,7 @@ class DeformedMasks(MaskSource):
     def __init__(self, train: SliceSet, *, rotate_deg: float = 15.0, scale: float = 0.15,
                  translate: float = 0.08, elastic: float = 0.04, tries: int = 4) -> None:
         self.real = RealMasks(train)
+        self.images = torch.from_numpy(np.ascontiguousarray(train.images))[:, None].float()
         self.settings = {"rotate_deg": rotate_deg, "scale": scale, "translate": translate, "elastic": elastic}
         self.tries = tries
         areas = self.real.masks.mean(dim=(1, 2, 3))
@@ -126,19 +131,30 @@ class DeformedMasks(MaskSource):
         self.area_range = (float(areas.min()), float(areas.max())) if len(areas) else (0.0, 1.0)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        original, cond = self.real.draw(n, generator)
-        out = original.clone()
-        todo = original.flatten(1).any(1)  # empty masks stay empty
-        for _ in range(self.tries):
-            if not todo.any():
+        masks, _, cond = self.draw_pairs(n, generator, with_images=False)
+        return masks, cond
+
+    def draw_pairs(self, n: int, generator: torch.Generator, with_images: bool = True):
+        """(masks, images or None, cond): the real pairs warped together, the masks kept plausible."""
+        rows = torch.randint(len(self.real.masks), (n,), generator=generator)
+        original, cond = self.real.masks[rows], self.real.cond[rows]
+        images = self.images[rows] if with_images else None
+        out, out_images = original.clone(), None if images is None else images.clone()
+        todo = original.flatten(1).any(1)  # empty masks stay empty (their images are warped all the same)
+        for attempt in range(self.tries):
+            if not todo.any() and (images is None or attempt > 0):
                 break
             # Every try deforms the whole batch, so the draws do not depend on which masks were accepted.
-            candidate = deform(original, generator, **self.settings)
+            candidate, warped = deform(original, generator, images=images, **self.settings)
+            if warped is not None and attempt == 0:
+                out_images[~todo] = warped[~todo]
             for i in torch.nonzero(todo).flatten().tolist():
                 if is_plausible(candidate[i, 0].numpy(), self.area_range):
                     out[i] = candidate[i]
+                    if warped is not None:
+                        out_images[i] = warped[i]
                     todo[i] = False
-        return out, mask_condition(out, cond[:, 0])
+        return out, out_images, mask_condition(out, cond[:, 0])
 
 
 class RunMasks(MaskSource):

@@ -189,6 +189,60 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
     click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
 
 
+@main.command()
+@click.option("--generators", default=None, help="Comma-separated generators; default: every registered one.")
+@click.option("--profile", "-p", type=click.Choice(PROFILES), default="quick", help="Settings of every cell.")
+@click.option("--data", type=click.Path(exists=True), default=None, help="Folder of real volumes; default: the phantom.")
+@click.option("--train-patients", default=None, help="Comma-separated regimes (real training patients), e.g. 2,4,8; "
+              "default: the profile's split.n_train_patients.")
+@click.option("--ratios", default="1", help="Comma-separated synthetic:real ratios, e.g. 0.5,1,2.")
+@click.option("--draws", type=click.IntRange(min=1), default=1, help="Training-patient subsets per regime.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, help="Generator seeds per (regime, draw).")
+@click.option("--jobs", type=click.IntRange(min=0), default=0, help="Cells run at once; 0: one per CPU core.")
+@click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Extra YAML config for every cell (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value in every cell.")
+@click.option("--name", default=None, help="Benchmark folder name; the same name and options continue it.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder.")
+@plugins_option
+def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, jobs, config_files, overrides, name,
+              out, plugins):
+    """Rank generators by Dice gain over regimes x ratios x draws x seeds on one leaderboard.
+
+    Each cell is a whole run under <out>/<name>/cells/; baselines are trained once per (regime, draw, U-Net seed)
+    and shared; an interrupted benchmark continues where it stopped. Writes leaderboard.md/.csv/.json and plots/.
+    """
+    from toolkit.benchmark import Plan, describe, run_benchmark
+    from toolkit.config import ConfigError
+    from toolkit.registry import GENERATORS, RegistryError
+    from toolkit.rundir import RunError
+    from toolkit.runtime import machine_threads
+
+    _load_plugins(plugins)
+    extra = [f"data.path={data}"] if data else []
+    try:
+        base = _resolve_config(None, profile, config_files, (*overrides, *extra), None, None)
+        names = tuple(n.strip() for n in generators.split(",") if n.strip()) if generators else \
+            tuple(GENERATORS.names())
+        regimes = tuple(int(v) for v in train_patients.split(",")) if train_patients else \
+            (base.split.n_train_patients,)
+        if None in regimes:
+            raise click.ClickException("--train-patients: the profile trains on every pool patient; give the "
+                                       "regimes, e.g. --train-patients 2,4")
+        plan = Plan(generators=names, regimes=regimes, ratios=tuple(float(v) for v in ratios.split(",")),
+                    draws=draws, seeds=seeds, profile=profile, config_files=tuple(config_files),
+                    overrides=(*overrides, *extra))
+        jobs = jobs or machine_threads()
+        click.echo(f"benchmark: {describe(plan)}, {jobs} job(s)")
+        bench = run_benchmark(plan, out=out, name=name, jobs=jobs)
+    except ValueError as exc:  # a bad number in a comma list
+        raise click.ClickException(str(exc)) from None
+    except (ConfigError, RegistryError, RunError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo((bench / "leaderboard.md").read_text())
+    click.echo(f"Leaderboard: {bench / 'leaderboard.md'} (.csv, .json), plots: {bench / 'plots'}")
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",

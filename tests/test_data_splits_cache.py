@@ -114,3 +114,15 @@ def test_rest_of_the_patients_test_and_val_test_stay_fixed_across_regimes():
         SplitSettings(test_patients="rest")
     with pytest.raises(ConfigError, match="larger than split.train_pool"):
         SplitSettings(train_pool=4, n_train_patients=6)
+
+
+def test_draws_choose_other_training_subsets_of_the_same_pool():
+    patients = [f"p{i:02d}" for i in range(20)]
+    base = dict(val_patients=3, test_patients="rest", train_pool=8, n_train_patients=3)
+    draws = [split_patients(patients, SplitSettings(**base, draw=d)) for d in range(4)]
+    pool = set(draws[0]["train"]) | set(draws[0]["unused"])
+    assert len({tuple(d["train"]) for d in draws}) > 1
+    for d in draws:
+        assert d["val"] == draws[0]["val"] and d["test"] == draws[0]["test"]
+        assert len(d["train"]) == 3 and set(d["train"]) | set(d["unused"]) == pool
+    assert split_patients(patients, SplitSettings(**base, draw=2)) == draws[2]  # seeded

@@ -88,6 +88,9 @@ class SplitSettings(Section):
     # Pool patients that do not train are the extra_real control's. None: every patient outside val and test.
     train_pool: PositiveInt | None = None
     n_train_patients: PositiveInt | None = None  # None: the whole pool; fewer: the low-data regime
+    # Which n_train_patients of the pool train: 0 = its first ones (nested regimes); d > 0 = a seeded random
+    # subset (another draw of a small training set: which patients train moves Dice more than seeds do).
+    draw: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -57,6 +57,12 @@ def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, l
             )
         test, val, rest = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
         pool = rest if pool_size is None else rest[:pool_size]  # here train_pool is a cap
-    train = pool if n_train is None else pool[:n_train]
+    if n_train is None or n_train >= len(pool):
+        train = pool
+    elif split_cfg.draw == 0:
+        train = pool[:n_train]
+    else:
+        chosen = np.random.default_rng([split_cfg.seed, split_cfg.draw]).choice(len(pool), n_train, replace=False)
+        train = [pool[i] for i in sorted(chosen)]
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test),
             "unused": sorted(set(pool) - set(train))}

@@ -104,3 +104,41 @@ def per_patient_plot(
 def save_png(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)
+
+
+def gain_plot(rows: Sequence[dict], title: str) -> np.ndarray:
+    """An RGB image of each row's Dice gain with its 95% CI (a dot and a whisker per generator), 0 marked.
+
+    Rows need ``generator``, ``dice_gain``, ``ci_low`` and ``ci_high``; gains
+    whose CI includes 0 are drawn grey.
+    """
+    if not rows:
+        raise ValueError("gain_plot needs at least one row")
+    left, right, top, row_h = 150, 24, 36, 22
+    width, height = 640, top + row_h * len(rows) + 40
+    lo = min(min(r["ci_low"] for r in rows), 0.0)
+    hi = max(max(r["ci_high"] for r in rows), 0.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+
+    def x_of(value: float) -> float:
+        return left + (value - lo) / (hi - lo) * (width - left - right)
+
+    draw.text((8, 8), title, fill=COLOURS["axis"], font=font)
+    bottom = top + row_h * len(rows)
+    draw.line([(x_of(0), top - 6), (x_of(0), bottom)], fill=COLOURS["axis"])
+    for tick in np.linspace(lo + pad, hi - pad, 5):
+        draw.line([(x_of(tick), bottom), (x_of(tick), bottom + 4)], fill=COLOURS["axis"])
+        draw.text((x_of(tick) - 14, bottom + 8), f"{tick:+.3f}", fill=COLOURS["axis"], font=font)
+    for i, r in enumerate(rows):
+        y = top + row_h * i + row_h / 2
+        colour = (150, 150, 150) if r["ci_low"] <= 0 <= r["ci_high"] else \
+            COLOURS["up"] if r["dice_gain"] > 0 else COLOURS["down"]
+        draw.text((8, y - 6), str(r["generator"])[:22], fill=COLOURS["axis"], font=font)
+        draw.line([(x_of(r["ci_low"]), y), (x_of(r["ci_high"]), y)], fill=colour, width=2)
+        x = x_of(r["dice_gain"])
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+    return np.asarray(image)

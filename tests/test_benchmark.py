@@ -1,0 +1,79 @@
+"""The benchmark command on the smoke profile with the test-only toy generator and the deformed_real control."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from toolkit.leaderboard_bench import BASELINE, hierarchical_bootstrap
+
+ARGS = ["benchmark", "--profile", "smoke", "--generators", "toy,deformed_real", "--train-patients", "2",
+        "--draws", "2", "--seeds", "1", "--jobs", "1", "--set", "run.evaluators=[dice_gain]",
+        "--set", "evaluators.dice_gain.tstr=false", "--set", "train.threads=1",
+        "--set", "data.phantom_patients=10", "--set", "split.train_pool=4", "--set", "split.test_patients=rest"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANSEG_CACHE", str(cache))
+        first = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--name", "b"], catch_exceptions=False)
+        assert first.exit_code == 0, first.output
+        mtimes = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
+        meta = json.loads((out / "b" / "leaderboard.json").read_text())["meta"]
+        again = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--name", "b"], catch_exceptions=False)
+    return {"dir": out / "b", "first": first.output, "again": again, "mtimes": mtimes, "meta": meta}
+
+
+def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
+    d = bench["dir"]
+    data = json.loads((d / "leaderboard.json").read_text())
+    rows = data["rows"]
+    assert {(r["generator"], r["n_train_patients"]) for r in rows} == {
+        (g, 2) for g in ("toy", "deformed_real", BASELINE)}
+    for r in rows:
+        if r["generator"] != BASELINE:
+            assert r["ci_low"] <= r["dice_gain"] <= r["ci_high"] and r["draws"] == 2 and r["mde80"] > 0
+    with open(d / "leaderboard.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    md = (d / "leaderboard.md").read_text()
+    assert "deformed_real" in md and "hierarchical bootstrap" in md and "(real only: baseline)" in md
+    assert (d / "plots" / "gain_n2_r1.png").is_file()
+
+
+def test_baselines_are_trained_once_per_regime_and_draw(bench):
+    assert bench["meta"]["baselines_trained"] == 1 * 2 * 1  # regimes x draws x U-Net seeds (smoke: 1)
+    again = json.loads((bench["dir"] / "leaderboard.json").read_text())["meta"]
+    assert again["baselines_trained"] == 0  # the resumed benchmark found them all in the cache
+    for results in (bench["dir"] / "cells").glob("*/results.json"):
+        assert json.loads(results.read_text())["evaluation"]["dice_gain"]["values"]["baselines_trained"] == 0
+
+
+def test_a_resumed_benchmark_keeps_finished_cells(bench):
+    assert bench["again"].exit_code == 0, bench["again"].output
+    mtimes = {p.parent.name: p.stat().st_mtime_ns for p in (bench["dir"] / "cells").glob("*/results.json")}
+    assert mtimes == bench["mtimes"] and len(mtimes) == 4
+
+
+def test_another_plan_in_the_same_folder_is_refused(bench, tmp_path):
+    other = [a if a != "2" else "3" for a in ARGS]
+    result = CliRunner().invoke(main, [*other, "--out", str(bench["dir"].parent), "--name", "b"])
+    assert result.exit_code != 0 and "another benchmark plan" in result.output
+
+
+def test_hierarchical_bootstrap_covers_draw_spread():
+    rng = np.random.default_rng(0)
+    # Draws differ by a lot, seeds and patients by little: the CI must reflect the draws.
+    diff = rng.normal(0, 0.002, (4, 2, 3, 10)) + np.array([-0.05, 0.05, -0.04, 0.04])[:, None, None, None]
+    low, high, se = hierarchical_bootstrap(diff, samples=1000)
+    assert low < 0 < high and se > 0.015
+    tight = rng.normal(0.03, 0.002, (4, 2, 3, 10))
+    low, high, _ = hierarchical_bootstrap(tight, samples=1000)
+    assert 0.02 < low < 0.03 < high < 0.04

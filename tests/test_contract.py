@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.conftest import make_slices
+from tests.conftest import TINY_SEG, make_slices
 from toolkit.data.masks import DeformedMasks
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext, TrainContext
@@ -165,7 +165,8 @@ def tiny_context(tmp_path: Path, writer=None) -> EvalContext:
     return EvalContext(
         train=real.of_patients(patients[:2]), val=real.of_patients(patients[2:4]),
         test=real.of_patients(patients[4:]), synthetic=synthetic, device=torch.device("cpu"),
-        run_dir=tmp_path, cache_dir=tmp_path / "cache", data_fingerprint="contract-test", seed=0, writer=writer,
+        run_dir=tmp_path, cache_dir=tmp_path / "cache", data_fingerprint="contract-test", seg=TINY_SEG, seed=0,
+        writer=writer,
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import TINY_SEG
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext
 from toolkit.registry import EVALUATORS
@@ -17,7 +18,6 @@ from toolkit.settings import SegSettings
 
 SIZE = 32
 # A tiny segmenter (seconds), and one where the U-Net learns the ellipses reliably in seconds.
-TINY_SEG = SegSettings(steps=12, batch_size=8, base_channels=4, depth=2, val_every=6, precision="fp32", threads=1)
 LEARNS_SEG = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=15, precision="fp32",
                          threads=1)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import TINY_SEG
 from toolkit.data.slices import SliceSet
 from toolkit.metrics.extractors import (
     FeatureExtractor,
@@ -56,7 +57,7 @@ def make_ctx(tmp_path: Path, synthetic: np.ndarray, n_real: int = 48, size: int 
     return EvalContext(
         train=train, val=val, test=test, synthetic=slice_set(synthetic, name="synthetic"),
         device=torch.device("cpu"), run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-        data_fingerprint="blobs-v1", seed=0, writer=writer,
+        data_fingerprint="blobs-v1", seg=TINY_SEG, seed=0, writer=writer,
     )
 
 

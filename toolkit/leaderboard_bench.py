@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import subprocess
 from collections import defaultdict
@@ -172,11 +173,11 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
             "kendall_tau": kendall_tau(rows), "git_commit": _git_commit()}
     atomic_write(bench / "leaderboard.md", format_markdown(rows, meta))
     atomic_write(bench / "leaderboard.json", json.dumps({"meta": meta, "rows": rows}, indent=2, default=float))
-    with open(bench / "leaderboard.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (bench / "leaderboard.csv.tmp").replace(bench / "leaderboard.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(bench / "leaderboard.csv", table.getvalue())
     for regime in plan.regimes:
         for ratio in plan.ratios:
             subset = [r for r in rows if r["n_train_patients"] == regime and r["ratio"] == ratio

@@ -18,6 +18,7 @@ import numpy as np
 
 from toolkit.data.layouts import Case
 from toolkit.data.slices import SliceSet
+from toolkit.io import atomic_write
 
 #: Bump when preprocessing changes what the same settings produce.
 PREPROCESS_VERSION = 2  # 2: slices carry their spacing
@@ -87,14 +88,9 @@ def load_entry(root: Path, key: str) -> tuple[SliceSet, dict] | None:
 
 
 def save_entry(root: Path, key: str, ss: SliceSet, info: dict) -> None:
-    """Write atomically (temp file + rename); the .json is written last and marks completeness."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{key}.{os.getpid()}.npz"
-    ss.save(tmp)
-    os.replace(tmp, root / f"{key}.npz")
-    tmp_meta = root / f".{key}.{os.getpid()}.json"
-    tmp_meta.write_text(json.dumps(info, indent=1))
-    os.replace(tmp_meta, root / f"{key}.json")
+    """Write atomically; the .json is written last and marks completeness."""
+    atomic_write(root / f"{key}.npz", ss.save)
+    atomic_write(root / f"{key}.json", json.dumps(info, indent=1))
 
 
 def empty_sliceset(size: int) -> SliceSet:

@@ -12,6 +12,7 @@ condition (rows: area small -> large; columns share latents).
     python benchmarks/gen_stylegan_lite.py                    # 600 steps, batch 32
     python benchmarks/gen_stylegan_lite.py --steps 20         # throughput only, roughly
     python benchmarks/gen_stylegan_lite.py --run RUN_DIR      # condition fidelity of a finished cli.py run
+    python benchmarks/gen_stylegan_lite.py --run RUN_DIR --no-grid   # the same for a run on real scans
 
 Prints a table and appends it to benchmarks/results/gen_stylegan_lite.md (grids go
 to benchmarks/results/gen_stylegan_lite_*.png; phantom only, never real scans).
@@ -55,7 +56,7 @@ def bootstrap_ci(x: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> tuple[fl
     return float(means.quantile(0.025)), float(means.quantile(0.975))
 
 
-def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128) -> dict:
+def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128, grid: bool = True) -> dict:
     """Mask area for small vs large area conditions, asked-vs-sampled correlation, a grid by area."""
     gen.eval()
     bank = gen.cond_bank
@@ -77,6 +78,9 @@ def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128) -> dict:
         out["sampled_area"], out["train_area"] = float(got.mean()), float(bank[:, 1].mean())
         rows = gen.condition_rows(1, rows=6)
         grid = [gen.sample(8, cond=r.expand(8, -1), generator=torch.Generator().manual_seed(3)) for r in rows]
+    if not grid:  # real scans: no images of (synthetic look-alikes of) real slices in the repository
+        out["png"] = "(not saved)"
+        return out
     png = out_dir / f"gen_{NAME}_by_area_{tag}.png"
     save_image(pair_grid(torch.cat([o.image for o in grid]), torch.cat([o.mask for o in grid]), nrow=8), png)
     out["png"] = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as in cli.py (e.g. generator.augment=diffaug); repeatable")
     parser.add_argument("--run", type=Path, help="only measure condition fidelity of this finished run (phantom runs)")
+    parser.add_argument("--no-grid", action="store_true", help="save no sample grid (use for real scans)")
     parser.add_argument("--tag", default="", help="suffix of the grid file name")
     parser.add_argument("--no-record", action="store_true", help="do not append to the results .md")
     args = parser.parse_args()
@@ -146,7 +151,7 @@ def main() -> None:
             f"{gen.r1_every}); total {sum(times):.0f} s for {len(times)} timed steps; "
             f"est. {600 * s:.0f} s for 600 steps. Final losses: "
             + ", ".join(f"{k} {v:.3f}" for k, v in last.items()) + ".", ""]
-    fid = condition_fidelity(gen, tag, RESULTS)
+    fid = condition_fidelity(gen, tag, RESULTS, grid=not args.no_grid)
     load_after = os.getloadavg()
     lines += [
         f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "

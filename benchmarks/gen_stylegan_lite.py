@@ -87,7 +87,7 @@ def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128, grid: bool = 
     return out
 
 
-def train(steps: int, batch_size: int, overrides: list[str], warmup: int = 3):
+def train(steps: int, batch_size: int, overrides: list[str], amp: str = "off", warmup: int = 3):
     cfg = resolve(generator=NAME, profile="quick", overrides=["run.evaluators=[]", *overrides])
     torch.manual_seed(cfg["seed"])
     slices, _ = load_dataset(cfg["data"])
@@ -96,6 +96,7 @@ def train(steps: int, batch_size: int, overrides: list[str], warmup: int = 3):
     cls = GENERATORS.get(NAME)
     gen = cls(DataSpec(image_size=train_set.image_size), "cpu", **plugin_kwargs(cls, cfg["generator"]))
     gen.setup(TrainContext(train=train_set))
+    gen.amp_dtype = torch.bfloat16 if amp == "bf16" else None
     gen.train()
     times, last = [], {}
     for step in range(steps):
@@ -121,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast of the forward passes")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as in cli.py (e.g. generator.augment=diffaug); repeatable")
@@ -142,7 +144,7 @@ def main() -> None:
         gen = from_run(args.run)
         tag = args.tag or args.run.name
     else:
-        gen, n_slices, times, last = train(args.steps, args.batch_size, args.set)
+        gen, n_slices, times, last = train(args.steps, args.batch_size, args.set, args.amp)
         tag = args.tag or f"{args.steps}"
         s = statistics.median(times) if times else float("nan")
         lines += [
@@ -155,7 +157,8 @@ def main() -> None:
     load_after = os.getloadavg()
     lines += [
         f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, fp32; load average "
+        f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+        f"{'bf16 autocast' if args.amp == 'bf16' and not args.run else 'fp32'}; load average "
         f"(1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
         "",
         "| condition | area asked (train quantile) | sampled mask area, mean [95% CI] | empty masks |",

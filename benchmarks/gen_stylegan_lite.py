@@ -77,12 +77,12 @@ def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128, grid: bool = 
         out["pearson"] = float(torch.corrcoef(torch.stack([asked, got]))[0, 1])
         out["sampled_area"], out["train_area"] = float(got.mean()), float(bank[:, 1].mean())
         rows = gen.condition_rows(1, rows=6)
-        grid = [gen.sample(8, cond=r.expand(8, -1), generator=torch.Generator().manual_seed(3)) for r in rows]
+        by_area = [gen.sample(8, cond=r.expand(8, -1), generator=torch.Generator().manual_seed(3)) for r in rows]
     if not grid:  # real scans: no images of (synthetic look-alikes of) real slices in the repository
         out["png"] = "(not saved)"
         return out
     png = out_dir / f"gen_{NAME}_by_area_{tag}.png"
-    save_image(pair_grid(torch.cat([o.image for o in grid]), torch.cat([o.mask for o in grid]), nrow=8), png)
+    save_image(pair_grid(torch.cat([o.image for o in by_area]), torch.cat([o.mask for o in by_area]), nrow=8), png)
     out["png"] = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
     return out
 

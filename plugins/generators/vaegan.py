@@ -73,6 +73,8 @@ class VAEGAN(Generator):
         d_channels: int = 16,  # discriminator channels after its first convolution
         d_max_channels: int = 128,  # discriminator channel cap
         d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
+        d_spectral_norm: Literal["all", "body", "none"] = "all",  # spectral norm on all of D's convolutions, all but the head, or none
+        r1_gamma: float = 0.0,  # weight of the R1 penalty on D's gradient at real pairs (Mescheder et al., 2018); 0: off
         lr_g: float = 5e-4,  # Adam learning rate of encoder + decoder
         lr_d: float = 1e-3,  # Adam learning rate of D (TTUR: faster than G)
         adam_betas: tuple[float, float] = (0.5, 0.999),  # Adam betas of both optimizers
@@ -86,6 +88,8 @@ class VAEGAN(Generator):
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
         adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
         diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
+        diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
+        diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
         temperature: float = 1.0,  # std of the prior when sampling
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
@@ -106,6 +110,7 @@ class VAEGAN(Generator):
         self.adv_weight = adv_weight
         self.adv_loss_kind = adv_loss
         self.adv_start_step = adv_start_step
+        self.r1_gamma = r1_gamma
         self.temperature = temperature
         if prior not in ("fitted", "standard"):
             raise ValueError(f"vaegan: prior must be 'fitted' or 'standard', got {prior!r}")
@@ -114,7 +119,8 @@ class VAEGAN(Generator):
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
         self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth).to(self.device)
-        self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size).to(self.device)
+        self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size,
+                                      spectral_norm=d_spectral_norm).to(self.device)
         g_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
@@ -123,7 +129,8 @@ class VAEGAN(Generator):
         self.latent_prior = FittedPrior(z_dim).to(self.device)
         # Own random sources (latent noise, augmentation) so a resumed run is bit-for-bit the same.
         self.noise = RandomSource(device=self.device)
-        self.augment = DiffAugment(diffaug, image_channels=spec.channels, device=self.device)
+        self.augment = DiffAugment(diffaug, image_channels=spec.channels, translation_ratio=diffaug_translation,
+                                   cutout_ratio=diffaug_cutout, device=self.device)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n = len(batch)
@@ -144,17 +151,7 @@ class VAEGAN(Generator):
         # 2. D step: real pairs against reconstructions and prior samples, all augmented.
         stats: dict[str, float] = {}
         if use_gan:
-            self.discriminator.requires_grad_(True)
-            with self.autocast():
-                (real_aug,) = self.augment(real)
-                (fake_aug,) = self.augment(fake.detach())
-                d_real = self.discriminator(real_aug)[0].float()
-                d_fake = self.discriminator(fake_aug)[0].float()
-            d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
-            stats.update(d_loss=d_loss.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+            stats.update(self.d_step(real, fake.detach()))
 
         # 3. G step: VAE loss + feature matching + adversarial, D frozen.
         l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
@@ -183,6 +180,32 @@ class VAEGAN(Generator):
             self.ema.update(self.decoder)
         stats.update(loss=loss.item(), image=l_image.item(), mask_bce=l_bce.item(), mask_dice=l_dice.item(),
                      kl=l_kl.item(), kl_weight=kl_weight)
+        return stats
+
+    def d_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One update of D on real against fake D inputs (``pair_to_input`` pairs), both augmented.
+
+        Returns D's adversarial loss (hinge: 2 at chance, 0 once every patch
+        is past the margin), its mean score on real and fake inputs and, with
+        ``r1_gamma`` > 0, the R1 penalty.
+        """
+        self.discriminator.requires_grad_(True)
+        (real_aug,) = self.augment(real)
+        (fake_aug,) = self.augment(fake)
+        if self.r1_gamma > 0:
+            real_aug = real_aug.detach().requires_grad_(True)
+        with self.autocast():
+            d_real = self.discriminator(real_aug)[0].float()
+            d_fake = self.discriminator(fake_aug)[0].float()
+        d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
+        stats = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        if self.r1_gamma > 0:
+            r1 = losses.r1_penalty(d_real, real_aug)
+            d_loss = d_loss + 0.5 * self.r1_gamma * r1
+            stats["d_r1"] = r1.item()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
         return stats
 
     def draw_latents(self, eps: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,17 @@ def d_adv_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str =
     raise ValueError(f"adversarial loss must be 'hinge' or 'nonsat', got {kind!r}")
 
 
+def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty: ``E ||grad_x D(x)||^2`` at real inputs (Mescheder et al., ICML 2018).
+
+    ``real_input`` must require grad and ``real_logits`` come from it; the
+    logits of a patch map are summed per sample, so the penalty is that of
+    the sum of the patch scores. Multiply by ``gamma / 2``.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_input, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 def feature_matching_loss(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]) -> torch.Tensor:
     """Mean L1 between D's activations of real pairs and of their reconstructions.
 

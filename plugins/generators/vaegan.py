@@ -83,6 +83,7 @@ class VAEGAN(Generator):
         image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
+        mask_tv_weight: float = 0.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
@@ -106,6 +107,7 @@ class VAEGAN(Generator):
         self.image_loss_kind = image_loss
         self.image_weight = image_weight
         self.mask_weight = mask_weight
+        self.mask_tv_weight = mask_tv_weight
         self.fm_weight = fm_weight
         self.adv_weight = adv_weight
         self.adv_loss_kind = adv_loss
@@ -159,6 +161,10 @@ class VAEGAN(Generator):
         l_kl = losses.kl_per_pixel(mu, logvar, batch.image[0, 0].numel())
         kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
         loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
+        if self.mask_tv_weight > 0:  # on reconstructions and prior samples alike
+            l_tv = losses.total_variation(torch.sigmoid(logits))
+            loss = loss + self.mask_tv_weight * l_tv
+            stats["mask_tv"] = l_tv.item()
         if use_gan:
             self.discriminator.requires_grad_(False)
             with self.autocast():

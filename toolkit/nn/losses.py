@@ -50,6 +50,18 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     return F.binary_cross_entropy_with_logits(logits, target), soft_dice_loss(logits, target)
 
 
+def total_variation(prob: torch.Tensor) -> torch.Tensor:
+    """Mean anisotropic total variation ``|dx| + |dy|`` per pixel of maps ``[N, C, H, W]``.
+
+    On a mask probability map this is about the outline length per pixel:
+    each extra island or hole adds outline, so penalising it favours one
+    compact region (the discrete analogue of a perimeter prior).
+    """
+    dy = (prob[..., 1:, :] - prob[..., :-1, :]).abs().sum(dim=(-2, -1))
+    dx = (prob[..., :, 1:] - prob[..., :, :-1]).abs().sum(dim=(-2, -1))
+    return ((dx + dy) / prob[0, 0].numel()).mean()
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Hinge loss of the discriminator (Lim & Ye, 2017; used by SN-GAN, BigGAN)."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()

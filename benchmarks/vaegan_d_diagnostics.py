@@ -55,14 +55,15 @@ from toolkit.types import DataSpec  # noqa: E402
 SEPARATION_VARIANTS = {
     "vaegan (SN all, c,t,cutout 0.5)": {},
     "SN body (head free)": {"sn": "body"},
-    "no SN": {"sn": "none"},
     "no SN + R1 1": {"sn": "none", "r1": 1.0},
     "policy color,translation": {"policy": "color,translation"},
     "policy none": {"policy": "none"},
-    "cutout 0.25": {"cutout": 0.25},
-    "lr 4e-3": {"lr": 4e-3},
-    "64 channels": {"channels": 64},
     "SN body + color,translation": {"sn": "body", "policy": "color,translation"},
+    "SN body + c,t + lr 2e-3": {"sn": "body", "policy": "color,translation", "lr": 2e-3},
+    "no SN + color,translation": {"sn": "none", "policy": "color,translation"},
+    "no SN + translation": {"sn": "none", "policy": "translation"},
+    "no SN + c,t + 32 channels": {"sn": "none", "policy": "color,translation", "channels": 32},
+    "no SN + c,t + lr 3e-3": {"sn": "none", "policy": "color,translation", "lr": 3e-3},
 }
 
 
@@ -145,18 +146,54 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return label, kwargs
 
 
-def training(args) -> list[dict]:
-    cfg, train = load_train(args.set)
-    cls = GENERATORS.get("vaegan")
-    base_kwargs = plugin_kwargs(cls, cfg["generator"])
-    spec = DataSpec(image_size=train.image_size)
+def pretrained_vae(args, cfg, train, cls, base_kwargs, spec):
+    """vaegan after ``--pretrain`` VAE-only steps; kept in ``--cache`` (a .pt file) when given."""
     torch.manual_seed(cfg["seed"])
     pre = cls(spec, "cpu", **{**base_kwargs, "adv_start_step": 10**9})
+    if args.cache and args.cache.exists():
+        pre.load_state_dict(torch.load(args.cache, weights_only=True))
+        return pre
     pre.train()
     start = time.perf_counter()
     for step in range(args.pretrain):
         pre.train_step(train.to_batch(batch_indices(step, len(train), args.batch_size, cfg["seed"]).numpy()), step)
     print(f"VAE phase: {args.pretrain} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.cache:
+        torch.save(pre.state_dict(), args.cache)
+    return pre
+
+
+def recon(args) -> list[dict]:
+    """D alone against the VAE phase's own reconstructions and prior samples (a fixed, hard fake set)."""
+    cfg, train = load_train(args.set)
+    cls = GENERATORS.get("vaegan")
+    base_kwargs = plugin_kwargs(cls, cfg["generator"])
+    pre = pretrained_vae(args, cfg, train, cls, base_kwargs, DataSpec(image_size=train.image_size))
+    pre.eval()
+    batch = train.to_batch(np.arange(len(train)))
+    real = pair_to_input(batch.image, batch.mask)
+    with torch.no_grad():
+        mu, _ = pre.encoder(real)
+        image, logits = pre.decoder(torch.cat([mu, pre.draw_latents(torch.randn(len(mu), pre.z_dim))]))
+    fake = pair_to_input(image, torch.sigmoid(logits))
+    rows = []
+    for label, kw in SEPARATION_VARIANTS.items():
+        start = time.perf_counter()
+        curve = train_d(real, fake, args.steps, args.batch_size, **kw)
+        rows.append({"mode": "recon", "variant": label, **kw, "steps": args.steps,
+                     "d_loss_at_50": _mean(curve[40:50]), "d_loss_last25": _mean(curve[-25:]),
+                     "seconds": time.perf_counter() - start})
+        print(f"{label:34s} d_loss@50 {rows[-1]['d_loss_at_50']:.3f}  last25 {rows[-1]['d_loss_last25']:.3f}"
+              f"  ({rows[-1]['seconds']:.1f} s)", flush=True)
+    return rows
+
+
+def training(args) -> list[dict]:
+    cfg, train = load_train(args.set)
+    cls = GENERATORS.get("vaegan")
+    base_kwargs = plugin_kwargs(cls, cfg["generator"])
+    spec = DataSpec(image_size=train.image_size)
+    pre = pretrained_vae(args, cfg, train, cls, base_kwargs, spec)
     real_batch = train.to_batch(np.arange(len(train)))
     real_sharp = laplacian_sharpness(real_batch.image.numpy())
     real_single = single_component_share(real_batch.mask.numpy())
@@ -206,13 +243,14 @@ def training(args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("separation", "training"))
+    parser.add_argument("mode", choices=("separation", "recon", "training"))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--pretrain", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--variant", action="append", default=[], help="training: label:key=value,...")
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. data.path=...")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=None, help="keep the VAE phase's state in this .pt file")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -222,7 +260,7 @@ def main() -> None:
           f"load before {' '.join(load_before)}", flush=True)
     if args.mode == "training" and not args.variant:
         args.variant = ["vaegan defaults:"]
-    rows = separation(args) if args.mode == "separation" else training(args)
+    rows = {"separation": separation, "recon": recon, "training": training}[args.mode](args)
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     print(f"load after {' '.join(load_after)}")

@@ -73,7 +73,7 @@ class VAEGAN(Generator):
         d_channels: int = 16,  # discriminator channels after its first convolution
         d_max_channels: int = 128,  # discriminator channel cap
         d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
-        d_spectral_norm: Literal["all", "body", "none"] = "all",  # spectral norm on all of D's convolutions, all but the head, or none
+        d_spectral_norm: Literal["all", "body", "none"] = "none",  # spectral norm on all of D's convolutions, all but the head, or none (see docs/generators_vaegan_real.md)
         r1_gamma: float = 0.0,  # weight of the R1 penalty on D's gradient at real pairs (Mescheder et al., 2018); 0: off
         lr_g: float = 5e-4,  # Adam learning rate of encoder + decoder
         lr_d: float = 1e-3,  # Adam learning rate of D (TTUR: faster than G)
@@ -83,12 +83,12 @@ class VAEGAN(Generator):
         image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
-        mask_tv_weight: float = 0.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
+        mask_tv_weight: float = 1.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
         adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
-        diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
+        diffaug: str = "color",  # DiffAugment policy for D's inputs (color, translation, cutout); "none" disables
         diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
         diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables

@@ -1,4 +1,4 @@
-"""Why does vaegan's discriminator stay at chance? Two short diagnostics on the phantom.
+"""Why does vaegan's discriminator stay at chance? Three short diagnostics on the phantom.
 
 ``separation``: D alone, trained on the quick profile's real training pairs
 against a clearly different fake set (the same pairs blurred, Gaussian
@@ -8,13 +8,20 @@ variant changes one thing from vaegan's D (spectral norm on every layer
 incl. the head, DiffAugment color,translation,cutout at 64 x 64, lr 1e-3,
 16 channels).
 
+``recon``: D alone against a harder, realistic fake set: a VAE's own
+reconstructions and prior samples of the training pairs (mask
+probabilities, as vaegan's D sees them), from ``--pretrain`` VAE steps or
+from a finished run's checkpoint (``--from-run``).
+
 ``training``: vaegan itself. One VAE phase (``--pretrain`` steps, no GAN
 terms) is trained once and shared; each variant then continues with the
 adversarial phase for ``--steps`` steps from that state, and the D loss
 curve (hinge chance = 2), D's real/fake scores, and the masks and sharpness
 of 256 prior samples (``toolkit.data.maskshape``) are recorded.
 
-    python benchmarks/vaegan_d_diagnostics.py separation --steps 200
+    python benchmarks/vaegan_d_diagnostics.py separation --steps 150
+    python benchmarks/vaegan_d_diagnostics.py recon --steps 200 --from-run /tmp/bench-vaegan/vae-phantom \\
+        --variants "no SN, policy none;SN all, policy none;no SN + color (new default)"
     python benchmarks/vaegan_d_diagnostics.py training --pretrain 200 --steps 200 \\
         --variant 'old:d_spectral_norm=all,diffaug=color,translation,cutout' --variant 'new:'
 
@@ -64,7 +71,18 @@ SEPARATION_VARIANTS = {
     "no SN + translation": {"sn": "none", "policy": "translation"},
     "no SN + c,t + 32 channels": {"sn": "none", "policy": "color,translation", "channels": 32},
     "no SN + c,t + lr 3e-3": {"sn": "none", "policy": "color,translation", "lr": 3e-3},
+    "no SN, policy none": {"sn": "none", "policy": "none"},
+    "SN body, policy none": {"sn": "body", "policy": "none"},
+    "SN all, policy none": {"sn": "all", "policy": "none"},
+    "no SN + color (new default)": {"sn": "none", "policy": "color"},
 }
+
+
+def selected(args) -> list[tuple[str, dict]]:
+    if not args.variants:
+        return list(SEPARATION_VARIANTS.items())
+    wanted = [w.strip() for w in args.variants.split(";")]
+    return [(k, SEPARATION_VARIANTS[k]) for k in wanted]
 
 
 def _mean(values: list[float]) -> float:
@@ -120,7 +138,7 @@ def separation(args) -> list[dict]:
     real = pair_to_input(batch.image, batch.mask)
     fake = pair_to_input(blur(batch.image), blur(batch.mask))
     rows = []
-    for label, kw in SEPARATION_VARIANTS.items():
+    for label, kw in selected(args):
         start = time.perf_counter()
         curve = train_d(real, fake, args.steps, args.batch_size, **kw)
         rows.append({"mode": "separation", "variant": label, **kw, "steps": args.steps,
@@ -169,6 +187,10 @@ def recon(args) -> list[dict]:
     cls = GENERATORS.get("vaegan")
     base_kwargs = plugin_kwargs(cls, cfg["generator"])
     pre = pretrained_vae(args, cfg, train, cls, base_kwargs, DataSpec(image_size=train.image_size))
+    if args.from_run:  # a finished vae / vaegan run's networks instead (same encoder and decoder)
+        state = torch.load(args.from_run / "checkpoints" / "last.pt", weights_only=False)["generator"]
+        for name in ("encoder", "decoder", "latent_prior"):
+            getattr(pre, name).load_state_dict(state[name])
     pre.eval()
     batch = train.to_batch(np.arange(len(train)))
     real = pair_to_input(batch.image, batch.mask)
@@ -177,7 +199,7 @@ def recon(args) -> list[dict]:
         image, logits = pre.decoder(torch.cat([mu, pre.draw_latents(torch.randn(len(mu), pre.z_dim))]))
     fake = pair_to_input(image, torch.sigmoid(logits))
     rows = []
-    for label, kw in SEPARATION_VARIANTS.items():
+    for label, kw in selected(args):
         start = time.perf_counter()
         curve = train_d(real, fake, args.steps, args.batch_size, **kw)
         rows.append({"mode": "recon", "variant": label, **kw, "steps": args.steps,
@@ -250,6 +272,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="training: label:key=value,...")
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. data.path=...")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from-run", type=Path, default=None, help="recon: take the VAE from this run directory")
+    parser.add_argument("--variants", default=None, help="separation/recon: ';'-separated labels to run (default all)")
     parser.add_argument("--cache", type=Path, default=None, help="keep the VAE phase's state in this .pt file")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     args = parser.parse_args()

@@ -1,9 +1,9 @@
 """``vaegan``: the (image, mask) VAE plus a PatchGAN critic, for sharper samples.
 
 Same encoder and decoder as ``vae`` (``toolkit.nn.convvae``), trained against
-a spectral-norm PatchGAN discriminator ``D`` that looks at (image, mask)
-pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
-similarity metric"). Each step:
+a PatchGAN discriminator ``D`` that looks at (image, mask) pairs (Larsen et
+al., ICML 2016, "Autoencoding beyond pixels using a learned similarity
+metric"). Each step:
 
 1. Encode the real pair, decode its reconstruction and, from fresh prior
    draws (the fitted Gaussian of ``vae``, or ``N(0, I)``), ``prior_fraction``
@@ -13,6 +13,7 @@ similarity metric"). Each step:
 3. G step (encoder + decoder):
 
        VAE loss (image L1 + mask BCE + soft Dice + beta * warm-up * KL)
+     + mask_tv_weight * total variation of the decoded mask probabilities
      + fm_weight  * L1 between D's features of real and reconstructed pairs
      + adv_weight * adversarial loss of reconstructions and prior samples
 
@@ -22,7 +23,14 @@ similarity metric"). Each step:
 
 For small data, real and fake inputs of D are augmented alike with
 DiffAugment (Zhao et al., 2020); the two-time-scale rule (Heusel et al.,
-2017) gives D a larger learning rate than G. Samples come from an EMA of the
+2017) gives D a larger learning rate than G. By default D has no spectral
+norm and the augmentation is colour only: with spectral norm on every layer
+(head included) and cutout + translation on 64 x 64 pairs, this small D
+stayed at chance for the whole quick run and taught G nothing
+(docs/generators_vaegan_real.md has the diagnosis and numbers). Both, and an
+R1 penalty (Mescheder et al., 2018), remain options. ``mask_tv_weight``
+adds the total variation of the decoded mask probabilities (about the
+outline length) to G's loss, so extra islands and holes cost. Samples come from an EMA of the
 decoder's weights when ``ema_decay`` > 0. The adversarial terms start after
 ``adv_start_step`` steps, once the VAE draws rough shapes.
 """

@@ -1,9 +1,9 @@
 """``vaegan``: the (image, mask) VAE plus a PatchGAN critic, for sharper samples.
 
 Same encoder and decoder as ``vae`` (``toolkit.nn.convvae``), trained against
-a spectral-norm PatchGAN discriminator ``D`` that looks at (image, mask)
-pairs (Larsen et al., ICML 2016, "Autoencoding beyond pixels using a learned
-similarity metric"). Each step:
+a PatchGAN discriminator ``D`` that looks at (image, mask) pairs (Larsen et
+al., ICML 2016, "Autoencoding beyond pixels using a learned similarity
+metric"). Each step:
 
 1. Encode the real pair, decode its reconstruction and, from fresh prior
    draws (the fitted Gaussian of ``vae``, or ``N(0, I)``), ``prior_fraction``
@@ -13,6 +13,7 @@ similarity metric"). Each step:
 3. G step (encoder + decoder):
 
        VAE loss (image L1 + mask BCE + soft Dice + beta * warm-up * KL)
+     + mask_tv_weight * total variation of the decoded mask probabilities
      + fm_weight  * L1 between D's features of real and reconstructed pairs
      + adv_weight * adversarial loss of reconstructions and prior samples
 
@@ -22,7 +23,14 @@ similarity metric"). Each step:
 
 For small data, real and fake inputs of D are augmented alike with
 DiffAugment (Zhao et al., 2020); the two-time-scale rule (Heusel et al.,
-2017) gives D a larger learning rate than G. Samples come from an EMA of the
+2017) gives D a larger learning rate than G. By default D has no spectral
+norm and the augmentation is colour only: with spectral norm on every layer
+(head included) and cutout + translation on 64 x 64 pairs, this small D
+stayed at chance for the whole quick run and taught G nothing
+(docs/generators_vaegan_real.md has the diagnosis and numbers). Both, and an
+R1 penalty (Mescheder et al., 2018), remain options. ``mask_tv_weight``
+adds the total variation of the decoded mask probabilities (about the
+outline length) to G's loss, so extra islands and holes cost. Samples come from an EMA of the
 decoder's weights when ``ema_decay`` > 0. The adversarial terms start after
 ``adv_start_step`` steps, once the VAE draws rough shapes.
 """
@@ -73,6 +81,8 @@ class VAEGAN(Generator):
         d_channels: int = 16,  # discriminator channels after its first convolution
         d_max_channels: int = 128,  # discriminator channel cap
         d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
+        d_spectral_norm: Literal["all", "body", "none"] = "none",  # spectral norm on all of D's convolutions, all but the head, or none (see docs/generators_vaegan_real.md)
+        r1_gamma: float = 0.0,  # weight of the R1 penalty on D's gradient at real pairs (Mescheder et al., 2018); 0: off
         lr_g: float = 5e-4,  # Adam learning rate of encoder + decoder
         lr_d: float = 1e-3,  # Adam learning rate of D (TTUR: faster than G)
         adam_betas: tuple[float, float] = (0.5, 0.999),  # Adam betas of both optimizers
@@ -81,11 +91,14 @@ class VAEGAN(Generator):
         image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
+        mask_tv_weight: float = 1.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
         adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
-        diffaug: str = "color,translation,cutout",  # DiffAugment policy for D's inputs; "none" disables
+        diffaug: str = "color",  # DiffAugment policy for D's inputs (color, translation, cutout); "none" disables
+        diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
+        diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
         temperature: float = 1.0,  # std of the prior when sampling
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
@@ -102,10 +115,12 @@ class VAEGAN(Generator):
         self.image_loss_kind = image_loss
         self.image_weight = image_weight
         self.mask_weight = mask_weight
+        self.mask_tv_weight = mask_tv_weight
         self.fm_weight = fm_weight
         self.adv_weight = adv_weight
         self.adv_loss_kind = adv_loss
         self.adv_start_step = adv_start_step
+        self.r1_gamma = r1_gamma
         self.temperature = temperature
         if prior not in ("fitted", "standard"):
             raise ValueError(f"vaegan: prior must be 'fitted' or 'standard', got {prior!r}")
@@ -114,7 +129,8 @@ class VAEGAN(Generator):
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
         self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth).to(self.device)
-        self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size).to(self.device)
+        self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size,
+                                      spectral_norm=d_spectral_norm).to(self.device)
         g_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
@@ -123,7 +139,8 @@ class VAEGAN(Generator):
         self.latent_prior = FittedPrior(z_dim).to(self.device)
         # Own random sources (latent noise, augmentation) so a resumed run is bit-for-bit the same.
         self.noise = RandomSource(device=self.device)
-        self.augment = DiffAugment(diffaug, image_channels=spec.channels, device=self.device)
+        self.augment = DiffAugment(diffaug, image_channels=spec.channels, translation_ratio=diffaug_translation,
+                                   cutout_ratio=diffaug_cutout, device=self.device)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n = len(batch)
@@ -144,17 +161,7 @@ class VAEGAN(Generator):
         # 2. D step: real pairs against reconstructions and prior samples, all augmented.
         stats: dict[str, float] = {}
         if use_gan:
-            self.discriminator.requires_grad_(True)
-            with self.autocast():
-                (real_aug,) = self.augment(real)
-                (fake_aug,) = self.augment(fake.detach())
-                d_real = self.discriminator(real_aug)[0].float()
-                d_fake = self.discriminator(fake_aug)[0].float()
-            d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_d.step()
-            stats.update(d_loss=d_loss.item(), d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+            stats.update(self.d_step(real, fake.detach()))
 
         # 3. G step: VAE loss + feature matching + adversarial, D frozen.
         l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
@@ -162,6 +169,10 @@ class VAEGAN(Generator):
         l_kl = losses.kl_per_pixel(mu, logvar, batch.image[0, 0].numel())
         kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
         loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
+        if self.mask_tv_weight > 0:  # on reconstructions and prior samples alike
+            l_tv = losses.total_variation(torch.sigmoid(logits))
+            loss = loss + self.mask_tv_weight * l_tv
+            stats["mask_tv"] = l_tv.item()
         if use_gan:
             self.discriminator.requires_grad_(False)
             with self.autocast():
@@ -183,6 +194,32 @@ class VAEGAN(Generator):
             self.ema.update(self.decoder)
         stats.update(loss=loss.item(), image=l_image.item(), mask_bce=l_bce.item(), mask_dice=l_dice.item(),
                      kl=l_kl.item(), kl_weight=kl_weight)
+        return stats
+
+    def d_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One update of D on real against fake D inputs (``pair_to_input`` pairs), both augmented.
+
+        Returns D's adversarial loss (hinge: 2 at chance, 0 once every patch
+        is past the margin), its mean score on real and fake inputs and, with
+        ``r1_gamma`` > 0, the R1 penalty.
+        """
+        self.discriminator.requires_grad_(True)
+        (real_aug,) = self.augment(real)
+        (fake_aug,) = self.augment(fake)
+        if self.r1_gamma > 0:
+            real_aug = real_aug.detach().requires_grad_(True)
+        with self.autocast():
+            d_real = self.discriminator(real_aug)[0].float()
+            d_fake = self.discriminator(fake_aug)[0].float()
+        d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
+        stats = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        if self.r1_gamma > 0:
+            r1 = losses.r1_penalty(d_real, real_aug)
+            d_loss = d_loss + 0.5 * self.r1_gamma * r1
+            stats["d_r1"] = r1.item()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
         return stats
 
     def draw_latents(self, eps: torch.Tensor) -> torch.Tensor:

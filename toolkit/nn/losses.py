@@ -50,6 +50,18 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     return F.binary_cross_entropy_with_logits(logits, target), soft_dice_loss(logits, target)
 
 
+def total_variation(prob: torch.Tensor) -> torch.Tensor:
+    """Mean anisotropic total variation ``|dx| + |dy|`` per pixel of maps ``[N, C, H, W]``.
+
+    On a mask probability map this is about the outline length per pixel:
+    each extra island or hole adds outline, so penalising it favours one
+    compact region (the discrete analogue of a perimeter prior).
+    """
+    dy = (prob[..., 1:, :] - prob[..., :-1, :]).abs().sum(dim=(-2, -1))
+    dx = (prob[..., :, 1:] - prob[..., :, :-1]).abs().sum(dim=(-2, -1))
+    return ((dx + dy) / prob[0, 0].numel()).mean()
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Hinge loss of the discriminator (Lim & Ye, 2017; used by SN-GAN, BigGAN)."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
@@ -76,6 +88,17 @@ def d_adv_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str =
     if kind == "nonsat":
         return nonsat_d_loss(real_logits, fake_logits)
     raise ValueError(f"adversarial loss must be 'hinge' or 'nonsat', got {kind!r}")
+
+
+def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty: ``E ||grad_x D(x)||^2`` at real inputs (Mescheder et al., ICML 2018).
+
+    ``real_input`` must require grad and ``real_logits`` come from it; the
+    logits of a patch map are summed per sample, so the penalty is that of
+    the sum of the patch scores. Multiply by ``gamma / 2``.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_input, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 def feature_matching_loss(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]) -> torch.Tensor:

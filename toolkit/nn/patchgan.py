@@ -15,11 +15,12 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import spectral_norm as sn_wrap
 
 
-def _sn_conv(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Conv2d:
-    return spectral_norm(nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2))
+def _conv(c_in: int, c_out: int, kernel: int, stride: int, sn: bool = True) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2)
+    return sn_wrap(conv) if sn else conv
 
 
 class PatchGAN(nn.Module):
@@ -33,6 +34,11 @@ class PatchGAN(nn.Module):
         max_channels: channel cap.
         patch_size: side of the output logit map; the receptive field of each
             logit then covers about ``image_size / patch_size * 2`` pixels.
+        spectral_norm: where spectral normalisation applies: ``"all"``
+            (every convolution, the head included: the default), ``"body"``
+            (all but the 1-channel head, so the logits' scale is free while
+            the features stay Lipschitz-bounded), or ``"none"`` (plain
+            convolutions; regularise D otherwise, e.g. with an R1 penalty).
     """
 
     def __init__(
@@ -42,8 +48,12 @@ class PatchGAN(nn.Module):
         base_channels: int = 32,
         max_channels: int = 256,
         patch_size: int = 8,
+        spectral_norm: str = "all",
     ) -> None:
         super().__init__()
+        if spectral_norm not in ("all", "body", "none"):
+            raise ValueError(f"PatchGAN spectral_norm must be 'all', 'body' or 'none', got {spectral_norm!r}")
+        body_sn, head_sn = spectral_norm != "none", spectral_norm == "all"
         if patch_size < 1 or image_size % patch_size or not math.log2(image_size // patch_size).is_integer():
             raise ValueError(
                 f"PatchGAN patch_size {patch_size} must divide image_size {image_size} by a power of two"
@@ -53,12 +63,12 @@ class PatchGAN(nn.Module):
         c_in, c_out = in_channels, base_channels
         for i in range(max(n_down, 1)):
             stride = 2 if i < n_down else 1
-            blocks.append(nn.Sequential(_sn_conv(c_in, c_out, 4 if stride == 2 else 3, stride),
+            blocks.append(nn.Sequential(_conv(c_in, c_out, 4 if stride == 2 else 3, stride, body_sn),
                                         nn.LeakyReLU(0.2, inplace=True)))
             c_in, c_out = c_out, min(c_out * 2, max_channels)
-        blocks.append(nn.Sequential(_sn_conv(c_in, c_in, 3, 1), nn.LeakyReLU(0.2, inplace=True)))
+        blocks.append(nn.Sequential(_conv(c_in, c_in, 3, 1, body_sn), nn.LeakyReLU(0.2, inplace=True)))
         self.blocks = nn.ModuleList(blocks)
-        self.head = _sn_conv(c_in, 1, 3, 1)
+        self.head = _conv(c_in, 1, 3, 1, head_sn)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Patch logits ``[N, 1, p, p]`` and the activations of every block."""

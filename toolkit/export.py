@@ -184,11 +184,10 @@ def write_nnunet(folder: Path, run: RunDir, names: list[str], slices: SliceSet, 
 
 
 def write_png(folder: Path, names: list[str], slices: SliceSet) -> None:
-    import torch
-    from torchvision.io import encode_png
+    from PIL import Image  # torchvision's own dependency (save_image uses it too)
 
-    def png(array: np.ndarray) -> bytes:
-        return encode_png(torch.from_numpy(np.ascontiguousarray(array))[None]).numpy().tobytes()
+    def png(array: np.ndarray):
+        return lambda f: Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
 
     for i, name in enumerate(names):
         atomic_write(folder / "images" / f"{name}.png", png(to_uint8(slices.images[i])))

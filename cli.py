@@ -233,13 +233,16 @@ def export(run_dir, fmt, with_real, out, dataset_id, dataset_name, force, overri
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",
               help="Which kind of plugin to write.")
+@click.option("--template", type=click.Choice(["gan", "pairs", "mask2image"]), default=None,
+              help="Generator template: gan (G + D of (image, mask) pairs, non-saturating loss), pairs (a tiny "
+                   "joint VAE of (image, mask)), mask2image (paints masks from the mask source). Default: gan.")
 @click.option("--out", type=click.Path(file_okay=False), default="my_plugins", help="Folder to write NAME.py into.")
-def new_plugin_cmd(name, kind, out):
+def new_plugin_cmd(name, kind, template, out):
     """Write a small working generator or evaluator file to start your own from."""
     from toolkit.scaffold import new_plugin
 
     try:
-        path = new_plugin(name, kind, out)
+        path = new_plugin(name, kind, out, template)
     except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     if kind == "generator":

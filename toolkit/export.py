@@ -49,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +264,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     synthetic = run.load_synthetic()
     if len(synthetic) == 0:
         raise ExportError(f"{run.synthetic} holds no slices; nothing to export")
+    if np.all(synthetic.spacing == 1):
+        warnings.warn(f"{run.synthetic} carries no spacing (written before ganseg kept it): the headers say 1 mm "
+                      "per pixel and per slice; re-sample the run to get the training slices' spacing", stacklevel=2)
     real = real_training_slices(run, overrides) if with_real else None
     names = case_names(real, synthetic)
     slices = SliceSet.concat([real, synthetic]) if real is not None else synthetic

@@ -243,17 +243,60 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
     click.echo(f"Leaderboard: {bench / 'leaderboard.md'} (.csv, .json), plots: {bench / 'plots'}")
 
 
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Run directory whose synthetic set to export (runs/<name>).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["nifti", "nnunet", "png"]),
+              help="nifti: imagesTr/labelsTr + Decathlon dataset.json (MONAI); nnunet: an nnU-Net v2 raw "
+                   "DatasetXXX_Name folder; png: 8-bit image / 0-255 mask pairs.")
+@click.option("--with-real", is_flag=True, help="Add the run's real training slices (never validation or test patients).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder to write; nnunet: the folder to write DatasetXXX_Name into (e.g. $nnUNet_raw). "
+                   "Default: <run>/export/<format>.")
+@click.option("--dataset-id", type=click.IntRange(1, 999), default=500, help="nnunet: the three-digit dataset id.")
+@click.option("--dataset-name", default=None, help="nnunet: the dataset name; default: Ganseg<RunName>.")
+@click.option("--force", is_flag=True, help="Replace an earlier export in the same folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="--with-real: override the run's config when reading its data, e.g. --set data.path=NEW (repeatable).")
+@plugins_option
+def export(run_dir, fmt, with_real, out, dataset_id, dataset_name, force, overrides, plugins):
+    """Export a run's synthetic (image, mask) pairs as NIfTI, an nnU-Net v2 dataset or PNG pairs."""
+    from toolkit.config import ConfigError
+    from toolkit.data import DataError
+    from toolkit.export import ExportError, export_run
+    from toolkit.rundir import RunError
+
+    _load_plugins(plugins)
+    try:
+        summary = export_run(run_dir, fmt, out, with_real=with_real, force=force, dataset_id=dataset_id,
+                             dataset_name=dataset_name, overrides=tuple(overrides))
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc}\n(the run's config must load to read its real data: a plugin generator "
+                                   "needs --plugins DIR)") from None
+    except (ExportError, RunError, DataError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    real = f" + {summary.n_real} real training slices ({len(summary.real_patients)} patients)" if summary.n_real else ""
+    click.echo(f"wrote {summary.n_synthetic} synthetic{real} as {fmt} to {summary.path}")
+    if fmt == "nnunet":
+        dataset = summary.path.name[len("Dataset"):len("Dataset") + 3]
+        click.echo(f"nnU-Net: nnUNet_raw={summary.path.parent} nnUNetv2_plan_and_preprocess -d {int(dataset)} "
+                   f"-c 2d --verify_dataset_integrity")
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["generator", "evaluator"]), default="generator",
               help="Which kind of plugin to write.")
+@click.option("--template", type=click.Choice(["gan", "pairs", "mask2image"]), default=None,
+              help="Generator template: gan (G + D of (image, mask) pairs, non-saturating loss), pairs (a tiny "
+                   "joint VAE of (image, mask)), mask2image (paints masks from the mask source). Default: gan.")
 @click.option("--out", type=click.Path(file_okay=False), default="my_plugins", help="Folder to write NAME.py into.")
-def new_plugin_cmd(name, kind, out):
+def new_plugin_cmd(name, kind, template, out):
     """Write a small working generator or evaluator file to start your own from."""
     from toolkit.scaffold import new_plugin
 
     try:
-        path = new_plugin(name, kind, out)
+        path = new_plugin(name, kind, out, template)
     except (ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     if kind == "generator":

@@ -1,0 +1,326 @@
+"""Training the K U-Nets of one evaluation together: one grouped-convolution network, one Adam.
+
+The Dice-gain protocol trains arms x seeds small U-Nets (the quick profile:
+3 x 3 of 0.5M parameters at batch 16). One such U-Net leaves a CPU core
+mostly waiting on per-operator overhead, and a second thread buys nothing
+at that size. :func:`train_unets` trains them as one network whose every
+convolution has ``groups=K``: the channels of model ``k`` are group ``k``,
+so model ``k`` only ever sees its own input channel and its own weights.
+
+Why this is the same training as :func:`toolkit.seg.train.train_unet`, job by job:
+
+- Weights: each job's U-Net is built exactly as ``train_unet`` builds it
+  (``torch.manual_seed(seed); build_unet(config)``) and copied into the
+  grouped layout; a job's state is cut back out of it the same way.
+- Batches: each job keeps its own ``torch.Generator`` seeded with its seed and
+  calls ``_draw`` and ``augment_batch`` in the same order as ``train_unet``;
+  its batch goes into its own input channel ``[B, K, H, W]``.
+- Normalisation: batch norm over ``K * C`` channels is per-channel, hence
+  per-model (its statistics are over the job's own batch); instance norm is
+  per channel too, and group norm with ``K * G`` groups never mixes models
+  because a model's channels are contiguous.
+- Loss and gradients: the per-job Dice + BCE losses are summed; model ``k``'s
+  parameters only reach loss ``k``, so their gradient is that job's own.
+- Optimizer: Adam is elementwise and its bias correction depends only on the
+  step count, which all jobs share, so one Adam over the grouped parameters
+  is K Adams with the same learning rate.
+- Model selection: one grouped forward over the validation slices predicts
+  with all K models at once (eval mode: running statistics, per channel);
+  each job keeps the state with its best mean 3D Dice, at ``val_every`` and
+  the last step, ties keeping the earlier state.
+
+What is not the same: floating-point summation order inside a grouped
+convolution differs from a plain one, so a job's weights are not bit-equal to
+``train_unet``'s after the first step; the trajectories drift apart like two
+thread counts do, while the distribution (protocol, seeds' meaning) is the
+same. For a fixed list of jobs and thread count the result is bit-for-bit
+reproducible. ``tests/test_seg_batched.py`` checks both, with tolerances.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.data.augment import augment_batch
+from toolkit.data.slices import SliceSet
+from toolkit.nn.unet import UNet
+from toolkit.runtime import autocast, resolve_precision
+from toolkit.seg.metrics import dice
+from toolkit.seg.predict import stack_volumes
+from toolkit.seg.train import Pool, TrainResult, _draw, build_unet
+from toolkit.settings import SegSettings
+
+
+@dataclass(frozen=True)
+class Job:
+    """One U-Net to train: the pools its batches come from and its seed (as ``train_unet(pools, ..., seed)``)."""
+
+    pools: list[Pool]
+    seed: int
+
+
+# The grouped network ------------------------------------------------------------------------
+
+
+def _grouped_norm(kind: str, k: int, channels: int) -> nn.Module:
+    """``toolkit.nn.unet._norm`` for K models side by side (channels per model: ``channels``)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(k * channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(k * channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(k * min(8, channels), k * channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"U-Net norm must be batch, instance, group or none, got {kind!r}")
+
+
+class _GroupedDoubleConv(nn.Sequential):
+    def __init__(self, k: int, in_channels: int, out_channels: int, norm: str) -> None:
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(k * in_channels, k * out_channels, 3, padding=1, bias=bias, groups=k),
+            _grouped_norm(norm, k, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(k * out_channels, k * out_channels, 3, padding=1, bias=bias, groups=k),
+            _grouped_norm(norm, k, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class GroupedUNet(nn.Module):
+    """K copies of :class:`toolkit.nn.unet.UNet` as one network; input and output ``[N, K * C, H, W]``.
+
+    Module names and state-dict keys are the UNet's, each tensor being the K
+    models' tensors concatenated along dim 0 (see :func:`pack_states`).
+    """
+
+    def __init__(self, k: int, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16,
+                 depth: int = 4, norm: str = "batch") -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"GroupedUNet needs at least one model, got k={k}")
+        self.k, self.depth = k, depth
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for width in widths[:-1]:
+            self.down.append(_GroupedDoubleConv(k, channels, width, norm))
+            channels = width
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _GroupedDoubleConv(k, widths[-2], widths[-1], norm)
+        self.up = nn.ModuleList()
+        self.up_conv = nn.ModuleList()
+        for i in range(depth, 0, -1):
+            self.up.append(nn.ConvTranspose2d(k * widths[i], k * widths[i - 1], 2, stride=2, groups=k))
+            self.up_conv.append(_GroupedDoubleConv(k, 2 * widths[i - 1], widths[i - 1], norm))
+        self.head = nn.Conv2d(k * widths[0], k * out_channels, 1, groups=k)
+
+    def _concat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per model ``cat([a_k, b_k])``: group k of the result is model k's skip concatenation."""
+        n, c, h, w = a.shape
+        if a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(memory_format=torch.channels_last):
+            # NHWC: channels are the fastest axis; interleave there and stay channels_last.
+            a5 = a.permute(0, 2, 3, 1).reshape(n, h, w, self.k, c // self.k)
+            b5 = b.permute(0, 2, 3, 1).reshape(n, h, w, self.k, b.shape[1] // self.k)
+            return torch.cat([a5, b5], dim=4).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        a5 = a.reshape(n, self.k, c // self.k, h, w)
+        b5 = b.reshape(n, self.k, b.shape[1] // self.k, h, w)
+        return torch.cat([a5, b5], dim=2).reshape(n, -1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 2**self.depth
+        if x.dim() != 4 or x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"U-Net of depth {self.depth} needs input [N, C, H, W] with H and W divisible by "
+                             f"{factor}, got shape {tuple(x.shape)}")
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
+            x = conv(self._concat(up(x), skip))
+        return self.head(x)
+
+
+def pack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """K UNet state dicts -> one GroupedUNet state dict (each tensor concatenated along dim 0)."""
+    out = {}
+    for key, first in states[0].items():
+        if first.dim() == 0:  # BatchNorm's num_batches_tracked: one count, shared by all jobs
+            out[key] = first.clone()
+        else:
+            out[key] = torch.cat([s[key] for s in states], dim=0)
+    return out
+
+
+def unpack_state(state: dict[str, torch.Tensor], k: int, index: int) -> dict[str, torch.Tensor]:
+    """Job ``index``'s UNet state dict, cut (and copied) out of a GroupedUNet state dict of ``k`` models."""
+    out = {}
+    for key, value in state.items():
+        if value.dim() == 0:
+            out[key] = value.detach().clone()
+        else:
+            size = value.shape[0] // k
+            out[key] = value.detach()[index * size:(index + 1) * size].clone(memory_format=torch.contiguous_format)
+    return out
+
+
+def grouped_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-job :func:`toolkit.seg.train.dice_bce_loss` of ``[B, K, H, W]`` logits: a vector of K losses."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))
+    prob = torch.sigmoid(logits)
+    soft_dice = (2 * (prob * target).sum(dim=(0, 2, 3)) + 1) / (prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+    return bce + (1 - soft_dice)
+
+
+# Validation of all K models at once ---------------------------------------------------------
+
+
+@torch.no_grad()
+def grouped_probs(net: GroupedUNet, images: np.ndarray, batch_size: int = 64, device: torch.device | str = "cpu",
+                  amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
+    """Gland probabilities of every model, float32 [K, N, H, W], for images float32 [N, H, W]."""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    out = np.empty((net.k, *images.shape), dtype=np.float32)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))[:, None].float()
+            x = x.to(device).expand(-1, net.k, -1, -1)
+            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            with autocast(device, amp_dtype):
+                logits = net(x)
+            out[:, start:start + len(x)] = torch.sigmoid(logits.float()).transpose(0, 1).cpu().numpy()
+    finally:
+        net.train(was_training)
+    return out
+
+
+def grouped_volume_dice(net: GroupedUNet, slices: SliceSet, device: torch.device | str = "cpu",
+                        amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[float]:
+    """Each model's mean 3D Dice over the patients of ``slices`` (``volume_dice`` for K models)."""
+    probs = grouped_probs(net, slices.images, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
+    return [float(np.mean([dice(p > 0.5, t) for p, t in stack_volumes(slices, prob).values()])) for prob in probs]
+
+
+# Training ----------------------------------------------------------------------------------
+
+
+def train_unets(
+    jobs: list[Job],
+    val: SliceSet,
+    config: SegSettings,
+    device: torch.device | str = "cpu",
+    log: object | None = None,
+) -> list[TrainResult]:
+    """Train one U-Net per job together; job ``i``'s result is what ``train_unet(jobs[i].pools, val, config,
+    jobs[i].seed, device)`` returns, up to floating-point summation order.
+
+    Args:
+        jobs: the U-Nets to train (pools and seed each); any number, seeds may repeat.
+        val: real validation slices; model selection uses each model's mean 3D Dice per patient.
+        config: the segmenter settings (the same for every job).
+        device: where to train.
+        log: optional callable(job_index, step, loss, val_dice) for progress.
+
+    Returns:
+        One TrainResult per job, in job order: a plain :class:`UNet` in eval mode with that job's best
+        validated weights, its best step and val Dice, its history, and ``seconds`` = the joint
+        training's wall time divided by the number of jobs (its share of the compute).
+    """
+    if not jobs:
+        return []
+    if len(val) == 0:
+        raise ValueError("the segmenter needs real validation slices for model selection; val is empty")
+    device = torch.device(device)
+    amp_dtype = resolve_precision(config.precision, device)
+    k = len(jobs)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    # Initial weights exactly as train_unet makes them, packed side by side.
+    states = []
+    for job in jobs:
+        torch.manual_seed(job.seed)
+        states.append(build_unet(config).state_dict())
+    net = GroupedUNet(k, 1, 1, config.base_channels, config.depth, config.norm)
+    net.load_state_dict(pack_states(states))
+    net = net.to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+
+    start = time.perf_counter()
+    best_states: list[dict | None] = [None] * k
+    best_steps, best_dice = [0] * k, [-1.0] * k
+    histories: list[list[tuple[int, float, float]]] = [[] for _ in jobs]
+    running = torch.zeros(k, dtype=torch.float64)
+    last_val = 0
+    for step in range(1, config.steps + 1):
+        # Each job draws and augments its own batch from its own generator, as train_unet does.
+        images, masks = [], []
+        for job, generator in zip(jobs, generators):
+            image, mask = _draw(job.pools, config.batch_size, generator)
+            if config.augment:
+                image, mask = augment_batch(image, mask, generator, elastic=config.elastic)
+            images.append(image)
+            masks.append(mask)
+        image = torch.cat(images, dim=1).to(device).contiguous(memory_format=memory_format)
+        mask = torch.cat(masks, dim=1).to(device)
+
+        # One optimizer step of all K models: the sum of the per-job losses.
+        net.train()
+        with autocast(device, amp_dtype):
+            logits = net(image)
+        losses = grouped_loss(logits, mask)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        values = losses.detach().double().cpu()
+        if not torch.isfinite(values).all():
+            bad = int(torch.nonzero(~torch.isfinite(values))[0])
+            raise FloatingPointError(f"segmenter loss became {values[bad].item()} at step {step} "
+                                     f"(seed {jobs[bad].seed}, job {bad})")
+        optimizer.step()
+        running += values
+
+        # Validate all models in one grouped pass; each job keeps its best state.
+        if step % config.val_every == 0 or step == config.steps:
+            val_dice = grouped_volume_dice(net, val, device=device, amp_dtype=amp_dtype,
+                                           channels_last=config.channels_last)
+            n_loss = step - last_val
+            last_val = step
+            state = None
+            for i in range(k):
+                histories[i].append((step, float(running[i]) / n_loss, val_dice[i]))
+                if log is not None:
+                    log(i, step, histories[i][-1][1], val_dice[i])
+                if val_dice[i] > best_dice[i]:
+                    state = net.state_dict() if state is None else state
+                    best_states[i] = unpack_state(state, k, i)
+                    best_steps[i], best_dice[i] = step, val_dice[i]
+            running.zero_()
+    seconds = time.perf_counter() - start
+
+    results = []
+    for i in range(k):
+        model = build_unet(config)
+        model.load_state_dict(best_states[i])
+        model = model.to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.eval()
+        results.append(TrainResult(model, best_steps[i], best_dice[i], seconds / k, histories[i]))
+    return results
+
+
+__all__ = ["GroupedUNet", "Job", "UNet", "grouped_volume_dice", "pack_states", "train_unets", "unpack_state"]

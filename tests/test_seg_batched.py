@@ -139,3 +139,22 @@ def test_edge_cases(data):
     with reproducible(1):
         a, b = train_unets([Job([Pool.of(train)], 3), Job([Pool.of(train)], 3)], val, cfg)
     assert a.history == b.history  # the same job twice gives the same model twice
+
+
+def test_processes_split_the_jobs_and_match_in_process_chunks(data):
+    """Two spawned processes of one thread each give bit-for-bit the in-process result of each chunk."""
+    train, val = data
+    cfg = dataclasses.replace(TINY, steps=6, val_every=3)
+    jobs = _jobs(train)
+    with reproducible(2):
+        split = train_unets(jobs, val, cfg, processes=2)
+    with reproducible(1):
+        chunks = train_unets(jobs[:2], val, cfg) + train_unets(jobs[2:], val, cfg)
+    assert len(split) == 3
+    for a, b in zip(split, chunks):
+        assert type(a.model) is UNet and not a.model.training
+        assert (a.best_step, a.best_val_dice, a.history) == (b.best_step, b.best_val_dice, b.history)
+        for key, value in a.model.state_dict().items():
+            assert torch.equal(value, b.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="processes"):
+        train_unets(jobs, val, cfg, processes=0)

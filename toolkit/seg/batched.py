@@ -216,12 +216,32 @@ def grouped_volume_dice(net: GroupedUNet, slices: SliceSet, device: torch.device
 # Training ----------------------------------------------------------------------------------
 
 
+def _chunks(n: int, parts: int) -> list[range]:
+    """``range(n)`` cut into ``parts`` contiguous pieces of near-equal size (the first ones one longer)."""
+    size, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + size + (i < extra)
+        out.append(range(start, stop))
+        start = stop
+    return [r for r in out if len(r)]
+
+
+def _worker(jobs: list[Job], val: SliceSet, config: SegSettings, threads: int, deterministic: bool) -> list[tuple]:
+    """One process's share of :func:`train_unets` (spawned; plain data back, since UNets pickle as state dicts)."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    return [(r.model.state_dict(), r.best_step, r.best_val_dice, r.seconds, r.history)
+            for r in _train_grouped(jobs, val, config, torch.device("cpu"), None)]
+
+
 def train_unets(
     jobs: list[Job],
     val: SliceSet,
     config: SegSettings,
     device: torch.device | str = "cpu",
     log: object | None = None,
+    processes: int = 1,
 ) -> list[TrainResult]:
     """Train one U-Net per job together; job ``i``'s result is what ``train_unet(jobs[i].pools, val, config,
     jobs[i].seed, device)`` returns, up to floating-point summation order.
@@ -231,7 +251,14 @@ def train_unets(
         val: real validation slices; model selection uses each model's mean 3D Dice per patient.
         config: the segmenter settings (the same for every job).
         device: where to train.
-        log: optional callable(job_index, step, loss, val_dice) for progress.
+        log: optional callable(job_index, step, loss, val_dice) for progress (with ``processes > 1``: called
+            for every validation once all processes are done).
+        processes: CPU only: split the jobs into this many contiguous chunks, each trained as one grouped
+            network in its own spawned process with ``torch.get_num_threads() // processes`` threads (at
+            least 1). On a 2-core CPU two processes of one thread each beat one process of two threads.
+            Results are bit-for-bit reproducible for the same jobs, ``processes`` and thread count, and
+            (like a different thread count) not bit-equal across different ``processes``. Jobs must pickle
+            (a pool ``transform`` must be a module-level function or ``functools.partial``, not a lambda).
 
     Returns:
         One TrainResult per job, in job order: a plain :class:`UNet` in eval mode with that job's best
@@ -243,6 +270,39 @@ def train_unets(
     if len(val) == 0:
         raise ValueError("the segmenter needs real validation slices for model selection; val is empty")
     device = torch.device(device)
+    processes = min(int(processes), len(jobs))
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if processes == 1 or device.type != "cpu":
+        return _train_grouped(jobs, val, config, device, log)
+
+    import torch.multiprocessing as mp
+
+    threads = max(1, torch.get_num_threads() // processes)
+    chunks = _chunks(len(jobs), processes)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with mp.get_context("spawn").Pool(len(chunks)) as pool:
+        outputs = pool.starmap(_worker, [([jobs[i] for i in chunk], val, config, threads, deterministic)
+                                         for chunk in chunks])
+    results = []
+    for output in outputs:
+        for state, best_step, best_dice, seconds, history in output:
+            model = build_unet(config)
+            model.load_state_dict(state)
+            if config.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model.eval()
+            results.append(TrainResult(model, best_step, best_dice, seconds, history))
+    if log is not None:
+        for i, result in enumerate(results):
+            for step, loss, val_dice in result.history:
+                log(i, step, loss, val_dice)
+    return results
+
+
+def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: torch.device,
+                   log: object | None) -> list[TrainResult]:
+    """All ``jobs`` as one grouped network in this process (the body of :func:`train_unets`)."""
     amp_dtype = resolve_precision(config.precision, device)
     k = len(jobs)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format

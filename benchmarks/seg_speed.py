@@ -10,8 +10,9 @@ on the phantom's quick split (4 training patients), for the 9 U-Nets of one dice
 (3 arms x 3 seeds: baseline = real, augmented = real + noise pairs, tstr = noise pairs):
 
 - today: ``train_unet`` for each of the 9 jobs, one after another;
-- batched: ``toolkit.seg.batched.train_unets`` on the 9 jobs at once, in this process with ``--threads``
-  threads, and (when ``--threads`` > 1) with ``processes=--threads`` (one thread each);
+- batched: ``toolkit.seg.batched.train_unets`` on the 9 jobs: one by one in ``--threads`` processes of one
+  thread each (its CPU default); as one grouped-convolution network in this process; and as one grouped
+  network per process (the process rows need ``--threads`` > 1);
 - MONAI ``BasicUNet`` (features 16-16-32-64-128-16: about the base-8 U-Net's parameters; its other
   defaults: instance norm, LeakyReLU, deconv) in the same training loop, one by one, on the first
   ``--monai-models`` jobs (throughput per model does not depend on how many run one after another);
@@ -165,15 +166,19 @@ def evaluation_rows(steps: int, threads: int, monai_models: int) -> tuple[str, l
         one = [train_unet(job.pools, data.val, seg, job.seed) for _, job in jobs]
         rows.append(("today: train_unet one by one", len(jobs), time.perf_counter() - start,
                      dice_by_arm(one, names), [r.best_val_dice for r in one]))
-        start = time.perf_counter()
-        batched = train_unets([job for _, job in jobs], data.val, seg)
-        rows.append((f"batched: train_unets (grouped convolutions, 1 process x {threads} threads)", len(jobs),
-                     time.perf_counter() - start, dice_by_arm(batched, names), [r.best_val_dice for r in batched]))
-        if threads > 1:
+        variants = [(f"train_unets(processes={threads}): one by one in {threads} processes x 1 thread",
+                     {"processes": threads, "grouped": False}),
+                    (f"train_unets(grouped=True): one grouped network, 1 process x {threads} threads",
+                     {"grouped": True}),
+                    (f"train_unets(processes={threads}, grouped=True): {threads} grouped networks x 1 thread",
+                     {"processes": threads, "grouped": True})]
+        for name, kwargs in variants:
+            if kwargs.get("processes", 1) > 1 and threads < 2:
+                continue
             start = time.perf_counter()
-            split = train_unets([job for _, job in jobs], data.val, seg, processes=threads)
-            rows.append((f"batched: train_unets(processes={threads}) ({threads} processes x 1 thread)", len(jobs),
-                         time.perf_counter() - start, dice_by_arm(split, names), [r.best_val_dice for r in split]))
+            batched = train_unets([job for _, job in jobs], data.val, seg, **kwargs)
+            rows.append((name, len(jobs), time.perf_counter() - start, dice_by_arm(batched, names),
+                         [r.best_val_dice for r in batched]))
         try:
             import monai  # noqa: F401
         except ImportError:

@@ -40,15 +40,16 @@ def _jobs(train, synthetic=None):
     return [Job([Pool.of(train)], 0), Job(pools_aug, 0), Job([Pool.of(train)], 1)]
 
 
-@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
-def test_grouped_unet_is_k_unets(norm):
+@pytest.mark.parametrize(("norm", "block"), [("batch", 1), ("instance", 1), ("group", 1), ("none", 1),
+                                             ("batch", 3), ("none", 3)])
+def test_grouped_unet_is_k_unets(norm, block):
     k = 3
     torch.manual_seed(0)
     nets = [UNet(1, 1, 4, 2, norm) for _ in range(k)]
-    grouped = GroupedUNet(k, 1, 1, 4, 2, norm)
-    grouped.load_state_dict(pack_states([n.state_dict() for n in nets]))
+    grouped = GroupedUNet(k, 1, 1, 4, 2, norm, block=block)
+    grouped.load_state_dict(pack_states([n.state_dict() for n in nets], block))
     for i, net in enumerate(nets):  # pack -> unpack is exact
-        for key, value in unpack_state(grouped.state_dict(), k, i).items():
+        for key, value in unpack_state(grouped.state_dict(), k, i, block).items():
             assert torch.equal(value, net.state_dict()[key]), key
     x = torch.randn(6, k, 32, 32)
     y = (torch.rand(6, k, 32, 32) > 0.7).float()
@@ -73,6 +74,13 @@ def test_grouped_unet_is_k_unets(norm):
         for name, p in net.named_parameters():
             size = p.shape[0]
             mine = grads[name][i * size:(i + 1) * size]
+            if mine.dim() == 4 and block > 1:  # the model's own columns; the others' gradient is masked to 0
+                b = mine.shape[1] // block
+                own_cols = mine[:, (i % block) * b:(i % block + 1) * b]
+                others = mine.clone()
+                others[:, (i % block) * b:(i % block + 1) * b] = 0
+                assert not others.any(), (norm, i, name)
+                mine = own_cols
             assert torch.allclose(mine, p.grad, rtol=1e-4, atol=1e-6), (norm, i, name)
 
 
@@ -81,7 +89,7 @@ def test_first_step_equals_train_unet(data):
     one = dataclasses.replace(TINY, steps=1, val_every=1)
     jobs = _jobs(train, noise_set(16, seed=5))
     with reproducible(1):
-        batched = train_unets(jobs, val, one)
+        batched = train_unets(jobs, val, one, grouped=True)
         single = [train_unet(job.pools, val, one, job.seed) for job in jobs]
     for b, s in zip(batched, single):
         assert b.history[0][0] == s.history[0][0] == 1
@@ -95,8 +103,8 @@ def test_batched_matches_one_by_one_dice_and_reruns_bit_identical(data):
     train, val = data
     jobs = _jobs(train, noise_set(16, seed=5))
     with reproducible(1):
-        batched = train_unets(jobs, val, TINY)
-        again = train_unets(jobs, val, TINY)
+        batched = train_unets(jobs, val, TINY, grouped=True)
+        again = train_unets(jobs, val, TINY, grouped=True)
         single = [train_unet(job.pools, val, TINY, job.seed) for job in jobs]
     # Bit-identical rerun.
     for a, b in zip(batched, again):
@@ -119,7 +127,7 @@ def test_batched_matches_one_by_one_dice_and_reruns_bit_identical(data):
 def test_returned_models_are_plain_unets_holding_the_best_state(data):
     train, val = data
     with reproducible(1):
-        results = train_unets(_jobs(train), val, TINY)
+        results = train_unets(_jobs(train), val, TINY, grouped=True)
         for r in results:
             assert type(r.model) is UNet and not r.model.training
             assert r.seconds > 0
@@ -133,23 +141,45 @@ def test_edge_cases(data):
     train, val = data
     assert train_unets([], val, TINY) == []
     with pytest.raises(ValueError, match="val is empty"):
-        train_unets(_jobs(train), val.select(np.zeros(len(val), bool)), TINY)
+        train_unets(_jobs(train), val.select(np.zeros(len(val), bool)), TINY, grouped=True)
     # One job, no channels_last, repeated seeds: still works.
     cfg = dataclasses.replace(TINY, steps=4, val_every=2, channels_last=False)
     with reproducible(1):
-        a, b = train_unets([Job([Pool.of(train)], 3), Job([Pool.of(train)], 3)], val, cfg)
+        a, b = train_unets([Job([Pool.of(train)], 3), Job([Pool.of(train)], 3)], val, cfg, grouped=True)
+        c, d, e = train_unets(_jobs(train), val, cfg, grouped=True, block=3)  # dense blocks of 3 models
+        f, g, h = train_unets(_jobs(train), val, cfg, grouped=True)
     assert a.history == b.history  # the same job twice gives the same model twice
+    for x, y in zip((c, d, e), (f, g, h)):  # block=3 trains the same models (summation order aside)
+        assert x.history[0][1] == pytest.approx(y.history[0][1], abs=1e-5)
+    with pytest.raises(ValueError, match="block must divide"):
+        GroupedUNet(3, block=2)
 
 
-def test_processes_split_the_jobs_and_match_in_process_chunks(data):
+def test_cpu_default_is_train_unet_one_by_one(data):
+    """grouped=None on a CPU trains the jobs one by one: bit-for-bit train_unet."""
+    train, val = data
+    cfg = dataclasses.replace(TINY, steps=6, val_every=3)
+    jobs = _jobs(train)
+    with reproducible(1):
+        mine = train_unets(jobs, val, cfg)
+        theirs = [train_unet(job.pools, val, cfg, job.seed) for job in jobs]
+    for a, b in zip(mine, theirs):
+        assert (a.best_step, a.best_val_dice, a.history) == (b.best_step, b.best_val_dice, b.history)
+        for key, value in a.model.state_dict().items():
+            assert torch.equal(value, b.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_processes_split_the_jobs_and_match_in_process_chunks(data, grouped):
     """Two spawned processes of one thread each give bit-for-bit the in-process result of each chunk."""
     train, val = data
     cfg = dataclasses.replace(TINY, steps=6, val_every=3)
     jobs = _jobs(train)
     with reproducible(2):
-        split = train_unets(jobs, val, cfg, processes=2)
+        split = train_unets(jobs, val, cfg, processes=2, grouped=grouped)
     with reproducible(1):
-        chunks = train_unets(jobs[:2], val, cfg) + train_unets(jobs[2:], val, cfg)
+        chunks = (train_unets(jobs[:2], val, cfg, grouped=grouped)
+                  + train_unets(jobs[2:], val, cfg, grouped=grouped))
     assert len(split) == 3
     for a, b in zip(split, chunks):
         assert type(a.model) is UNet and not a.model.training

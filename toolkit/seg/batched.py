@@ -53,7 +53,7 @@ from toolkit.nn.unet import UNet
 from toolkit.runtime import autocast, resolve_precision
 from toolkit.seg.metrics import dice
 from toolkit.seg.predict import stack_volumes
-from toolkit.seg.train import Pool, TrainResult, _draw, build_unet
+from toolkit.seg.train import Pool, TrainResult, _draw, build_unet, train_unet
 from toolkit.settings import SegSettings
 
 
@@ -82,45 +82,73 @@ def _grouped_norm(kind: str, k: int, channels: int) -> nn.Module:
 
 
 class _GroupedDoubleConv(nn.Sequential):
-    def __init__(self, k: int, in_channels: int, out_channels: int, norm: str) -> None:
+    def __init__(self, k: int, block: int, in_channels: int, out_channels: int, norm: str) -> None:
         bias = norm == "none"
+        groups = k // block
         super().__init__(
-            nn.Conv2d(k * in_channels, k * out_channels, 3, padding=1, bias=bias, groups=k),
+            nn.Conv2d(k * in_channels, k * out_channels, 3, padding=1, bias=bias, groups=groups),
             _grouped_norm(norm, k, out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(k * out_channels, k * out_channels, 3, padding=1, bias=bias, groups=k),
+            nn.Conv2d(k * out_channels, k * out_channels, 3, padding=1, bias=bias, groups=groups),
             _grouped_norm(norm, k, out_channels),
             nn.ReLU(inplace=True),
         )
 
 
+def _block_mask(weight: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    """1 where a grouped weight [k * a, block * b, ...] connects a model to itself, 0 elsewhere."""
+    a, b = weight.shape[0] // k, weight.shape[1] // block
+    mask = torch.zeros(weight.shape[:2], dtype=weight.dtype)
+    for i in range(k):
+        mask[i * a:(i + 1) * a, (i % block) * b:(i % block + 1) * b] = 1
+    return mask.reshape(*weight.shape[:2], *([1] * (weight.dim() - 2)))
+
+
 class GroupedUNet(nn.Module):
     """K copies of :class:`toolkit.nn.unet.UNet` as one network; input and output ``[N, K * C, H, W]``.
 
-    Module names and state-dict keys are the UNet's, each tensor being the K
-    models' tensors concatenated along dim 0 (see :func:`pack_states`).
+    Args:
+        k: number of models.
+        block: models per convolution group (must divide ``k``). 1: ``groups=k``, every model its own group.
+            More: ``k / block`` groups, each a dense convolution over ``block`` models whose weights between
+            different models are zero and stay zero (their gradient is masked, and Adam keeps a zero
+            parameter with zero gradient at exactly zero), so the models stay independent; it spends
+            ``block`` times the multiply-adds on wider, better-vectorised convolutions.
+        the rest: as :class:`toolkit.nn.unet.UNet`.
+
+    Module names and state-dict keys are the UNet's, each tensor being the K models' tensors concatenated
+    along dim 0 (see :func:`pack_states`).
     """
 
     def __init__(self, k: int, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16,
-                 depth: int = 4, norm: str = "batch") -> None:
+                 depth: int = 4, norm: str = "batch", block: int = 1) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"GroupedUNet needs at least one model, got k={k}")
-        self.k, self.depth = k, depth
+        if block < 1 or k % block:
+            raise ValueError(f"GroupedUNet block must divide k={k}, got {block}")
+        self.k, self.block, self.depth = k, block, depth
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         channels = in_channels
         for width in widths[:-1]:
-            self.down.append(_GroupedDoubleConv(k, channels, width, norm))
+            self.down.append(_GroupedDoubleConv(k, block, channels, width, norm))
             channels = width
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = _GroupedDoubleConv(k, widths[-2], widths[-1], norm)
+        self.bottleneck = _GroupedDoubleConv(k, block, widths[-2], widths[-1], norm)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for i in range(depth, 0, -1):
-            self.up.append(nn.ConvTranspose2d(k * widths[i], k * widths[i - 1], 2, stride=2, groups=k))
-            self.up_conv.append(_GroupedDoubleConv(k, 2 * widths[i - 1], widths[i - 1], norm))
-        self.head = nn.Conv2d(k * widths[0], k * out_channels, 1, groups=k)
+            self.up.append(nn.ConvTranspose2d(k * widths[i], k * widths[i - 1], 2, stride=2, groups=k // block))
+            self.up_conv.append(_GroupedDoubleConv(k, block, 2 * widths[i - 1], widths[i - 1], norm))
+        self.head = nn.Conv2d(k * widths[0], k * out_channels, 1, groups=k // block)
+        if block > 1:
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    mask = _block_mask(module.weight, k, block)
+                    with torch.no_grad():
+                        module.weight.mul_(mask)
+                    module.weight.register_hook(lambda grad, m=mask: grad * m.to(grad.dtype))
 
     def _concat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per model ``cat([a_k, b_k])``: group k of the result is model k's skip concatenation."""
@@ -150,26 +178,43 @@ class GroupedUNet(nn.Module):
         return self.head(x)
 
 
-def pack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """K UNet state dicts -> one GroupedUNet state dict (each tensor concatenated along dim 0)."""
+def pack_states(states: list[dict[str, torch.Tensor]], block: int = 1) -> dict[str, torch.Tensor]:
+    """K UNet state dicts -> one GroupedUNet state dict (each tensor concatenated along dim 0).
+
+    Convolution weights ([out, in, ...], transposed: [in, out, ...]) of model i go to rows i * a:(i + 1) * a
+    and, with ``block`` > 1, columns (i % block) * b:(i % block + 1) * b of a zero weight [K * a, block * b, ...].
+    """
+    k = len(states)
     out = {}
     for key, first in states[0].items():
         if first.dim() == 0:  # BatchNorm's num_batches_tracked: one count, shared by all jobs
             out[key] = first.clone()
+        elif first.dim() == 4 and block > 1:
+            a, b = first.shape[:2]
+            weight = first.new_zeros((k * a, block * b, *first.shape[2:]))
+            for i, s in enumerate(states):
+                weight[i * a:(i + 1) * a, (i % block) * b:(i % block + 1) * b] = s[key]
+            out[key] = weight
         else:
             out[key] = torch.cat([s[key] for s in states], dim=0)
     return out
 
 
-def unpack_state(state: dict[str, torch.Tensor], k: int, index: int) -> dict[str, torch.Tensor]:
+def unpack_state(state: dict[str, torch.Tensor], k: int, index: int, block: int = 1) -> dict[str, torch.Tensor]:
     """Job ``index``'s UNet state dict, cut (and copied) out of a GroupedUNet state dict of ``k`` models."""
     out = {}
     for key, value in state.items():
+        value = value.detach()
         if value.dim() == 0:
-            out[key] = value.detach().clone()
-        else:
-            size = value.shape[0] // k
-            out[key] = value.detach()[index * size:(index + 1) * size].clone(memory_format=torch.contiguous_format)
+            out[key] = value.clone()
+            continue
+        a = value.shape[0] // k
+        part = value[index * a:(index + 1) * a]
+        if value.dim() == 4 and block > 1:
+            b = value.shape[1] // block
+            j = index % block
+            part = part[:, j * b:(j + 1) * b]
+        out[key] = part.clone(memory_format=torch.contiguous_format)
     return out
 
 
@@ -227,12 +272,25 @@ def _chunks(n: int, parts: int) -> list[range]:
     return [r for r in out if len(r)]
 
 
-def _worker(jobs: list[Job], val: SliceSet, config: SegSettings, threads: int, deterministic: bool) -> list[tuple]:
-    """One process's share of :func:`train_unets` (spawned; plain data back, since UNets pickle as state dicts)."""
+def _train_here(jobs: list[Job], val: SliceSet, config: SegSettings, device: torch.device, log: object | None,
+                grouped: bool, block: int) -> list[TrainResult]:
+    """The jobs in this process: as one grouped network, or one after another with ``train_unet``."""
+    if grouped:
+        return _train_grouped(jobs, val, config, device, log, block)
+    results = []
+    for i, job in enumerate(jobs):
+        job_log = None if log is None else (lambda step, loss, dice, i=i: log(i, step, loss, dice))
+        results.append(train_unet(job.pools, val, config, job.seed, device, log=job_log))
+    return results
+
+
+def _worker(jobs: list[Job], val: SliceSet, config: SegSettings, threads: int, deterministic: bool,
+            grouped: bool, block: int) -> list[tuple]:
+    """One process's share of :func:`train_unets` (spawned; plain data back: state dicts, not modules)."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
     return [(r.model.state_dict(), r.best_step, r.best_val_dice, r.seconds, r.history)
-            for r in _train_grouped(jobs, val, config, torch.device("cpu"), None)]
+            for r in _train_here(jobs, val, config, torch.device("cpu"), None, grouped, block)]
 
 
 def train_unets(
@@ -242,6 +300,8 @@ def train_unets(
     device: torch.device | str = "cpu",
     log: object | None = None,
     processes: int = 1,
+    grouped: bool | None = None,
+    block: int = 1,
 ) -> list[TrainResult]:
     """Train one U-Net per job together; job ``i``'s result is what ``train_unet(jobs[i].pools, val, config,
     jobs[i].seed, device)`` returns, up to floating-point summation order.
@@ -259,6 +319,13 @@ def train_unets(
             Results are bit-for-bit reproducible for the same jobs, ``processes`` and thread count, and
             (like a different thread count) not bit-equal across different ``processes``. Jobs must pickle
             (a pool ``transform`` must be a module-level function or ``functools.partial``, not a lambda).
+        grouped: train each process's jobs as one grouped-convolution network (True) or one after another
+            with ``train_unet`` (False: then each job's result is bit-for-bit ``train_unet``'s at the
+            process's thread count). None: grouped on CUDA, one after another on a CPU, where the grouped
+            network measured slower per model (benchmarks/results/seg_speed.md: one small U-Net's
+            activations stay in the core's cache, K of them do not).
+        block: grouped only: models per dense convolution group (see :class:`GroupedUNet`); must divide
+            each process's number of jobs.
 
     Returns:
         One TrainResult per job, in job order: a plain :class:`UNet` in eval mode with that job's best
@@ -273,8 +340,10 @@ def train_unets(
     processes = min(int(processes), len(jobs))
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if grouped is None:
+        grouped = device.type == "cuda"
     if processes == 1 or device.type != "cpu":
-        return _train_grouped(jobs, val, config, device, log)
+        return _train_here(jobs, val, config, device, log, grouped, block)
 
     import torch.multiprocessing as mp
 
@@ -282,8 +351,8 @@ def train_unets(
     chunks = _chunks(len(jobs), processes)
     deterministic = torch.are_deterministic_algorithms_enabled()
     with mp.get_context("spawn").Pool(len(chunks)) as pool:
-        outputs = pool.starmap(_worker, [([jobs[i] for i in chunk], val, config, threads, deterministic)
-                                         for chunk in chunks])
+        outputs = pool.starmap(_worker, [([jobs[i] for i in chunk], val, config, threads, deterministic,
+                                          grouped, block) for chunk in chunks])
     results = []
     for output in outputs:
         for state, best_step, best_dice, seconds, history in output:
@@ -301,7 +370,7 @@ def train_unets(
 
 
 def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: torch.device,
-                   log: object | None) -> list[TrainResult]:
+                   log: object | None, block: int = 1) -> list[TrainResult]:
     """All ``jobs`` as one grouped network in this process (the body of :func:`train_unets`)."""
     amp_dtype = resolve_precision(config.precision, device)
     k = len(jobs)
@@ -312,8 +381,8 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
     for job in jobs:
         torch.manual_seed(job.seed)
         states.append(build_unet(config).state_dict())
-    net = GroupedUNet(k, 1, 1, config.base_channels, config.depth, config.norm)
-    net.load_state_dict(pack_states(states))
+    net = GroupedUNet(k, 1, 1, config.base_channels, config.depth, config.norm, block=block)
+    net.load_state_dict(pack_states(states, block))
     net = net.to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -366,7 +435,7 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
                     log(i, step, histories[i][-1][1], val_dice[i])
                 if val_dice[i] > best_dice[i]:
                     state = net.state_dict() if state is None else state
-                    best_states[i] = unpack_state(state, k, i)
+                    best_states[i] = unpack_state(state, k, i, block)
                     best_steps[i], best_dice[i] = step, val_dice[i]
             running.zero_()
     seconds = time.perf_counter() - start

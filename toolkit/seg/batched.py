@@ -1,13 +1,25 @@
-"""Training the K U-Nets of one evaluation together: one grouped-convolution network, one Adam.
+"""Training the K U-Nets of one evaluation together: spread over processes, or as one grouped network.
 
 The Dice-gain protocol trains arms x seeds small U-Nets (the quick profile:
-3 x 3 of 0.5M parameters at batch 16). One such U-Net leaves a CPU core
-mostly waiting on per-operator overhead, and a second thread buys nothing
-at that size. :func:`train_unets` trains them as one network whose every
-convolution has ``groups=K``: the channels of model ``k`` are group ``k``,
-so model ``k`` only ever sees its own input channel and its own weights.
+3 x 3 of 0.5M parameters at batch 16). A second intra-op thread buys nothing
+at that size, so :func:`train_unets` has two ways to use a machine better:
 
-Why this is the same training as :func:`toolkit.seg.train.train_unet`, job by job:
+- ``processes=N`` (CPU): the jobs are cut into N contiguous chunks, each
+  trained in its own spawned process with one thread (on a 2-core CPU: both
+  cores busy on different U-Nets). Within a process the jobs run one after
+  another with :func:`toolkit.seg.train.train_unet` (``grouped=False``, the
+  CPU default), so each result is bit-for-bit ``train_unet``'s at one thread.
+- ``grouped=True``: the chunk is one network whose every convolution has
+  ``groups=K``: the channels of model ``k`` are group ``k``, so model ``k``
+  only ever sees its own input channel and its own weights; one forward
+  over the validation slices validates all K. This removes per-operator
+  overhead (the win on a GPU, where one small U-Net cannot fill the device;
+  not measured here, no GPU was available), but on a CPU it measured slower
+  per model than one U-Net at a time: one small U-Net's activations stay in
+  the core's cache and K of them do not (benchmarks/results/seg_speed.md).
+  Hence the default ``grouped=None``: grouped on CUDA, one by one on a CPU.
+
+Why the grouped network is the same training as ``train_unet``, job by job:
 
 - Weights: each job's U-Net is built exactly as ``train_unet`` builds it
   (``torch.manual_seed(seed); build_unet(config)``) and copied into the

@@ -15,8 +15,8 @@ at that size, so :func:`train_unets` has two ways to use a machine better:
   over the validation slices validates all K. This removes per-operator
   overhead (the win on a GPU, where one small U-Net cannot fill the device;
   not measured here, no GPU was available), but on a CPU it measured slower
-  per model than one U-Net at a time: one small U-Net's activations stay in
-  the core's cache and K of them do not (benchmarks/results/seg_speed.md).
+  per model than one U-Net at a time (its convolution backward is the
+  cost; likely cache footprint, K times one U-Net's; benchmarks/results/seg_speed.md).
   Hence the default ``grouped=None``: grouped on CUDA, one by one on a CPU.
 
 Why the grouped network is the same training as ``train_unet``, job by job:
@@ -334,8 +334,7 @@ def train_unets(
         grouped: train each process's jobs as one grouped-convolution network (True) or one after another
             with ``train_unet`` (False: then each job's result is bit-for-bit ``train_unet``'s at the
             process's thread count). None: grouped on CUDA, one after another on a CPU, where the grouped
-            network measured slower per model (benchmarks/results/seg_speed.md: one small U-Net's
-            activations stay in the core's cache, K of them do not).
+            network measured slower per model (benchmarks/results/seg_speed.md).
         block: grouped only: models per dense convolution group (see :class:`GroupedUNet`); must divide
             each process's number of jobs.
 

@@ -257,7 +257,7 @@ class Pix2Pix(Generator):
         z_dim: int = 16,  # latent dimensions: the source of variety between renderings of one mask
         style_dim: int = 64,  # width of the mapping MLP (latent + condition -> style vector)
         latent_channels: int = 8,  # channels of the latent map concatenated at the bottleneck
-        base_channels: int = 16,  # G channels at full resolution, doubled per level
+        base_channels: int = 12,  # G channels at full resolution, doubled per level
         max_channels: int = 128,  # G channel cap
         depth: int = 4,  # G downsamplings (64 -> 4)
         d_channels: int = 16,  # D channels after its first convolution

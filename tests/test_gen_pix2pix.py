@@ -178,3 +178,13 @@ def test_bad_settings_fail_loudly():
         cls(DataSpec(image_size=SIZE), "cpu", **cls.tiny, l1_mode="median")
     with pytest.raises(ValueError, match="divisible"):
         cls(DataSpec(image_size=SIZE), "cpu", **{**cls.tiny, "depth": 6})
+
+
+def test_the_quick_config_builds_the_generator():
+    from toolkit.config import resolve
+    from toolkit.experiment import build_generator
+
+    config = resolve(generator="pix2pix", profile="quick")
+    gen = build_generator(config, torch.device("cpu"))
+    assert type(gen).__name__ == "Pix2Pix" and gen.seg_consistency_weight == 0.0
+    assert config["masks"]["source"] == "deformed_real"

@@ -1,3 +1,3 @@
 """Built-in generators. The registry imports each module listed here on first use."""
 
-MODULES: tuple[str, ...] = ("vae", "vaegan", "stylegan_lite", "ddpm", "deformed_real")
+MODULES: tuple[str, ...] = ("vae", "vaegan", "pix2pix", "stylegan_lite", "ddpm", "deformed_real")

@@ -80,7 +80,8 @@ from toolkit.nn.patchgan import PatchGAN
 from toolkit.nn.rng import RandomSource
 from toolkit.plugin import Generator, TrainContext
 from toolkit.registry import GENERATORS
-from toolkit.seg.train import Pool, SegConfig, dice_bce_loss, train_unet
+from toolkit.seg.train import Pool, dice_bce_loss, train_unet
+from toolkit.settings import SegSettings
 from toolkit.train.visuals import overlay
 from toolkit.types import Batch, DataSpec
 
@@ -224,7 +225,7 @@ def holdout_split(train: SliceSet, every: int = 4) -> tuple[SliceSet, SliceSet]:
 def train_fallback_segmenter(train: SliceSet, steps: int, base_channels: int, device: torch.device) -> nn.Module:
     """A small U-Net on the training patients only, seed 0, model selection on held-out slices of them."""
     fit, val = holdout_split(train)
-    config = SegConfig(steps=steps, batch_size=16, base_channels=base_channels, val_every=max(1, steps // 6),
+    config = SegSettings(steps=steps, batch_size=16, base_channels=base_channels, val_every=max(1, steps // 6),
                        channels_last=False)
     with torch.random.fork_rng(devices=[]):  # train_unet seeds torch's global RNG; leave it as it was
         result = train_unet([Pool.of(fit)], val, config, seed=0, device=device)

@@ -155,3 +155,22 @@ def test_bf16_autocast_path_trains_and_predicts():
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     scores = score_patients(result.model, val, amp_dtype=torch.bfloat16, channels_last=True)
     assert 0 <= scores[0].dice <= 1
+
+
+def test_default_threads_follow_the_idle_cores(monkeypatch):
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime, "machine_threads", lambda: 2)
+
+    def samples(*pairs):
+        it = iter(pairs)
+        return lambda: next(it)
+
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    # Both cores idle during the sample: both threads.
+    assert runtime.default_threads(sample=samples((0.0, 0.0), (200.0, 200.0))) == 2
+    # Another process holds one core: one thread (two would wait on each other, up to 18x slower).
+    assert runtime.default_threads(sample=samples((0.0, 0.0), (100.0, 200.0))) == 1
+    # Every core busy: still one.
+    assert runtime.default_threads(sample=samples((0.0, 0.0), (0.0, 200.0))) == 1
+    # Not measurable (no /proc/stat): the machine's cores.
+    assert runtime.default_threads(sample=lambda: None) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,9 +32,45 @@ def machine_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or None where there is no such file."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
+
+
+def idle_cores(interval: float = 0.2, sample=_cpu_times) -> float | None:
+    """How many cores were idle during a short sample (None: not measurable on this system)."""
+    first = sample()
+    time.sleep(interval)
+    second = sample()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (os.cpu_count() or 1)
+
+
+def default_threads(sample=_cpu_times) -> int:
+    """The cores this process may use that are idle now (at least 1).
+
+    Measured (benchmarks/results/threads_busy.md): with another process on
+    every core, a 2-thread vaegan step ran 18x slower than 1 thread (OpenMP
+    threads wait for each other while the other process holds their cores),
+    while on a quiet machine 2 threads were 1.7x faster. So threads follow
+    the idle cores at start, not the core count.
+    """
+    cores = machine_threads()
+    idle = idle_cores(sample=sample)
+    if idle is None:
+        return cores
+    return max(1, min(cores, int(idle + 0.5)))
+
+
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None: the machine's cores); returns the value used."""
-    n = machine_threads() if threads is None else int(threads)
+    """Set torch's intra-op threads (None: the idle cores, see :func:`default_threads`); returns the value used."""
+    n = default_threads() if threads is None else int(threads)
     if n < 1:
         raise ValueError(f"threads must be >= 1 or null, got {threads}")
     torch.set_num_threads(n)

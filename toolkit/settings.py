@@ -134,7 +134,7 @@ class TrainSettings(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Precision = "fp32"  # auto: bf16 where the hardware runs it natively; fp32 (default) elsewhere
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
-    threads: PositiveInt | None = None  # torch CPU threads; None: the machine's cores
+    threads: PositiveInt | None = None  # torch CPU threads; None: the cores idle at start (threads_busy.md)
 
 
 @dataclass(frozen=True)

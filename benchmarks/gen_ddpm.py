@@ -81,9 +81,9 @@ def main() -> None:
     if cfg["train"]["threads"]:
         torch.set_num_threads(int(cfg["train"]["threads"]))
     torch.manual_seed(cfg["seed"])
-    slices, _ = load_dataset(cfg["data"])
-    split = split_patients(slices.patients(), cfg["split"])
-    train = select_slices(slices.of_patients(split["train"]), cfg["data"], cfg["seed"])
+    slices, _ = load_dataset(cfg.data)
+    split = split_patients(slices.patients(), cfg.split)
+    train = select_slices(slices.of_patients(split["train"]), cfg.data, cfg.split.seed)
     cls = GENERATORS.get("ddpm")
     gen = cls(DataSpec(image_size=train.image_size), "cpu", **plugin_kwargs(cls, cfg["generator"]))
     gen.amp_dtype = torch.bfloat16 if args.amp == "bf16" else None

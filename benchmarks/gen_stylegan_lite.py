@@ -90,9 +90,9 @@ def condition_fidelity(gen, tag: str, out_dir: Path, n: int = 128, grid: bool = 
 def train(steps: int, batch_size: int, overrides: list[str], amp: str = "off", warmup: int = 3):
     cfg = resolve(generator=NAME, profile="quick", overrides=["run.evaluators=[]", *overrides])
     torch.manual_seed(cfg["seed"])
-    slices, _ = load_dataset(cfg["data"])
-    split = split_patients(slices.patients(), cfg["split"])
-    train_set = select_slices(slices.of_patients(split["train"]), cfg["data"], cfg["seed"])
+    slices, _ = load_dataset(cfg.data)
+    split = split_patients(slices.patients(), cfg.split)
+    train_set = select_slices(slices.of_patients(split["train"]), cfg.data, cfg.split.seed)
     cls = GENERATORS.get(NAME)
     gen = cls(DataSpec(image_size=train_set.image_size), "cpu", **plugin_kwargs(cls, cfg["generator"]))
     gen.setup(TrainContext(train=train_set))

@@ -50,9 +50,9 @@ def train_one(name: str, steps: int, batch_size: int, amp: str, overrides: list[
     # No evaluators: this measures the generator alone.
     cfg = resolve(generator=name, profile="quick", overrides=["run.evaluators=[]", *overrides])
     torch.manual_seed(cfg["seed"])
-    slices, _ = load_dataset(cfg["data"])
-    split = split_patients(slices.patients(), cfg["split"])
-    train = select_slices(slices.of_patients(split["train"]), cfg["data"], cfg["seed"])
+    slices, _ = load_dataset(cfg.data)
+    split = split_patients(slices.patients(), cfg.split)
+    train = select_slices(slices.of_patients(split["train"]), cfg.data, cfg.split.seed)
     cls = GENERATORS.get(name)
     gen = cls(DataSpec(image_size=train.image_size), "cpu", **plugin_kwargs(cls, cfg["generator"]))
     gen.amp_dtype = torch.bfloat16 if amp == "bf16" else None

@@ -101,9 +101,9 @@ def blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
 
 def load_train(overrides: list[str]):
     cfg = resolve(generator="vaegan", profile="quick", overrides=["run.evaluators=[]", *overrides])
-    slices, _ = load_dataset(cfg["data"])
-    split = split_patients(slices.patients(), cfg["split"])
-    return cfg, select_slices(slices.of_patients(split["train"]), cfg["data"], cfg["seed"])
+    slices, _ = load_dataset(cfg.data)
+    split = split_patients(slices.patients(), cfg.split)
+    return cfg, select_slices(slices.of_patients(split["train"]), cfg.data, cfg.split.seed)
 
 
 def train_d(real: torch.Tensor, fake: torch.Tensor, steps: int, batch: int, sn: str = "all",

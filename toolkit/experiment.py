@@ -111,6 +111,19 @@ def train_context(config: Config, prepared: PreparedData, gen: Generator, store:
     return TrainContext(train=prepared.train, mask_source=source, segmenter=lambda: store.model(0))
 
 
+def clean_masks(synthetic: SliceSet, mode: str) -> dict[str, int]:
+    """Apply ``run.mask_postprocess`` in place (masks and the area entry of their condition vectors)."""
+    if mode == "none":
+        return {}
+    from toolkit.data.maskshape import postprocess_masks
+
+    cleaned = postprocess_masks(synthetic.masks, mode)
+    changed = int((cleaned != synthetic.masks).reshape(len(cleaned), -1).any(axis=1).sum())
+    synthetic.masks = cleaned
+    synthetic.cond[:, 1] = cleaned.reshape(len(cleaned), -1).mean(axis=1)
+    return {"changed": changed}
+
+
 def _writer(run: RunDir, purge_step: int | None = None):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -200,10 +213,15 @@ def run_experiment(
         t0 = time.perf_counter()
         synthetic = sample_set(sampler, n, seed=config.seed + 1, spacing=prepared.train.median_spacing())
         seconds = time.perf_counter() - t0
+        postprocess = clean_masks(synthetic, config.run.mask_postprocess)
+        if postprocess:
+            runlog.info(f"mask post-processing ({config.run.mask_postprocess}): changed {postprocess['changed']} "
+                        f"of {n} synthetic masks")
         run.save_synthetic(synthetic)
         runlog.info(f"sampled {n} synthetic pairs in {seconds:.1f} s -> {run.synthetic}")
         run.merge_results({"train": summary,
-                           "synthetic": {**describe_set(synthetic), "seconds_per_100": round(100 * seconds / n, 3)},
+                           "synthetic": {**describe_set(synthetic), "seconds_per_100": round(100 * seconds / n, 3),
+                                         "mask_postprocess": {"mode": config.run.mask_postprocess, **postprocess}},
                            "data": {"fingerprint": prepared.fingerprint, "train_slices": len(prepared.train),
                                     **{f"{k}_patients": len(v) for k, v in prepared.split.items()},
                                     **prepared.report}})

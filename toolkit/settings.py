@@ -44,6 +44,9 @@ class RunSettings(Section):
     generator: str = "vaegan"  # registered generator name (python cli.py list)
     evaluators: list[str] = field(default_factory=lambda: ["dice_gain", "fd", "prdc", "diversity", "memorization"])
     synthetic_ratio: PositiveFloat = 1.0  # synthetic slices per real training slice
+    # Clean the synthetic masks after sampling: none, or largest_component (largest component + holes
+    # filled); off by default so the model's own masks are what is measured. Logged and in results.json.
+    mask_postprocess: Literal["none", "largest_component"] = "none"
     tiny: bool = False  # build plugins with their `tiny` settings (tests, smoke profile)
 
 

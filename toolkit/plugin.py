@@ -40,8 +40,9 @@ class TrainContext:
         mask_source: where masks come from for a mask-to-image generator (the
             ``masks`` config section); None for generators that make their own.
         segmenter: a callable returning the frozen real-data baseline U-Net
-            (seed 0, trained on the training patients only, from the baseline
-            cache), built only when called; None where no segmenter is set up.
+            (seed 0, from the baseline cache: trained on the training patients,
+            its best state chosen on the validation patients' Dice; never test
+            patients), built only when called; None where no segmenter is set up.
     """
 
     train: SliceSet

@@ -67,6 +67,25 @@ def test_generator_trains_and_samples(name, data):
         assert out.cond.shape == (5, DataSpec().cond_dim)
 
 
+@pytest.mark.parametrize("name", GENERATORS.names())
+def test_generator_trains_and_samples_under_bf16_channels_last(name, data):
+    # What the loop does for `train.precision: bf16` (or auto on AMX/CUDA) with channels_last on:
+    # emulated on CPUs without native bf16 (slow, hence tiny). Late step numbers pass warm-up phases.
+    torch.manual_seed(0)
+    gen = build(name)
+    gen.amp_dtype = torch.bfloat16
+    for module in gen.modules().values():
+        module.to(memory_format=torch.channels_last)
+    batch = data.to_batch(np.arange(8))
+    batch = Batch(batch.image.contiguous(memory_format=torch.channels_last),
+                  batch.mask.contiguous(memory_format=torch.channels_last), batch.cond)
+    for step in (0, 10_000):
+        losses = gen.train_step(batch, step)
+        assert all(math.isfinite(float(v)) for v in losses.values()), losses
+    out = sample(gen, 3, seed=1, data=data)
+    assert out.image.dtype == torch.float32 and set(out.mask.unique().tolist()) <= {0.0, 1.0}
+
+
 @pytest.mark.parametrize("name", [n for n in GENERATORS.names() if GENERATORS.get(n).needs_masks])
 def test_mask_to_image_generator_renders_the_given_masks(name, data):
     torch.manual_seed(0)

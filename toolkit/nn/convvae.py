@@ -170,9 +170,10 @@ class FittedPrior(nn.Module):
         """Fold one batch of posteriors ``N(mu, exp(logvar))`` into the running moments."""
         mu = mu.detach().float()
         weight = max(1.0 / (float(self.count) + 1.0), 1.0 - self.momentum)
-        self.mean.lerp_(mu.mean(0), weight)
-        self.second_moment.lerp_(mu.T @ mu / len(mu), weight)
-        self.posterior_var.lerp_(logvar.detach().float().exp().mean(0), weight)
+        with torch.autocast(device_type=mu.device.type, enabled=False):  # fp32 moments under bf16 training
+            self.mean.lerp_(mu.mean(0), weight)
+            self.second_moment.lerp_(mu.T @ mu / len(mu), weight)
+            self.posterior_var.lerp_(logvar.detach().float().exp().mean(0), weight)
         self.count += 1
 
     def covariance(self) -> torch.Tensor:

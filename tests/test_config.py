@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -174,3 +175,12 @@ def test_typed_sections_and_replace():
     assert config.split.n_train_patients != 2 or config.seg.steps != 7  # the original is unchanged
     with pytest.raises(ConfigError, match="split.n_train_patients"):
         config.replace({"split.n_train_patients": -1})
+
+
+@pytest.mark.parametrize("text, expected", [("on", True), ("off", False), ("auto", False), ("'on'", True)])
+def test_channels_last_accepts_yaml_bare_on_off(text, expected):
+    # YAML 1.1 reads a bare on/off as a bool: the setting takes either spelling.
+    from toolkit.runtime import resolve_channels_last
+
+    config = resolve(generator="toy", overrides=[*TOY, f"train.channels_last={text}"])
+    assert resolve_channels_last(config.train.channels_last, torch.device("cpu")) is expected

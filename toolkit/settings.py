@@ -136,7 +136,7 @@ class TrainSettings(Section):
     checkpoint_every: PositiveInt = 500  # steps between checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Precision = "fp32"  # auto: bf16 where the hardware runs it natively; fp32 (default) elsewhere
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    channels_last: Literal["auto", "on", "off"] | bool = "auto"  # auto: on for CUDA (YAML reads bare on/off as true/false)
     threads: PositiveInt | None = None  # torch CPU threads; None: the cores idle at start (threads_busy.md)
 
 

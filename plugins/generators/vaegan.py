@@ -91,7 +91,7 @@ class VAEGAN(Generator):
         image_loss: Literal["l1", "l2"] = "l1",  # pixel reconstruction loss of the image channel
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
-        mask_tv_weight: float = 1.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
+        mask_tv_weight: float = 4.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating

@@ -13,19 +13,28 @@ them (``baselines_trained`` is 0 in every cell). Budgets are equal: every
 generator trains for the profile's ``train.steps`` whatever its own config
 file says, and the leaderboard shows each one's training time.
 
-Cells are independent tasks run in a local process pool (``jobs`` workers,
-the machine's cores split between them); the aggregation is in
-``toolkit.leaderboard_bench``.
+Cells are independent tasks behind a small executor seam, a callable
+``(fn, tasks) -> results``: :func:`local_executor` runs them in a local
+process pool (``jobs`` workers, the machine's cores split between them),
+:func:`ray_executor` submits each as a Ray task (``ray`` is an optional
+extra, imported only there). Every task writes its run into the benchmark
+folder itself, so the driver may die: the same command continues. The
+aggregation is in ``toolkit.leaderboard_bench``, the ``--plan`` estimate in
+:func:`estimate_plan`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,6 @@ from toolkit.config import Config, resolve
 from toolkit.io import atomic_write
 from toolkit.registry import GENERATORS
 from toolkit.rundir import RunDir, RunError
-from toolkit.runtime import machine_threads
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +71,28 @@ class Plan:
     profile: str
     config_files: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
+    budget: str = "steps"  # steps: the profile's train.steps for all; seconds: train.max_seconds for all
+    budget_seconds: float | None = None  # the wall-clock budget per generator training (budget: seconds)
 
     def cells(self) -> list[Cell]:
         return [Cell(g, n, r, d, s) for n, r, d, s, g in itertools.product(
             self.regimes, self.ratios, range(self.draws), range(self.seeds), self.generators)]
+
+
+#: ``train.steps`` under a wall-clock budget: a cap that the time budget reaches first.
+SECONDS_BUDGET_STEPS = 1_000_000
+
+
+def budget_settings(plan: Plan, base: Config) -> dict[str, Any]:
+    """The train keys that make every generator's budget equal: the same steps, or the same seconds."""
+    if plan.budget == "steps":
+        return {"train.steps": base.train.steps, "train.max_seconds": base.train.max_seconds}
+    if plan.budget == "seconds":
+        if not plan.budget_seconds or plan.budget_seconds <= 0:
+            raise ValueError("--budget seconds needs --budget-seconds S (> 0): the training seconds every "
+                             "generator gets")
+        return {"train.steps": SECONDS_BUDGET_STEPS, "train.max_seconds": float(plan.budget_seconds)}
+    raise ValueError(f"budget must be steps or seconds, got {plan.budget!r}")
 
 
 def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
@@ -75,7 +101,7 @@ def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
     config = resolve(generator=cell.generator, profile=plan.profile, config_files=plan.config_files,
                      overrides=plan.overrides)
     return config.replace({
-        "train.steps": base.train.steps,  # equal step budgets, whatever a generator's file says
+        **budget_settings(plan, base),  # equal budgets, whatever a generator's own file says
         "split.n_train_patients": cell.n_train, "split.draw": cell.draw, "seed": cell.seed,
         "evaluators.dice_gain.ratio": cell.ratio, "run.synthetic_ratio": max(cell.ratio, base.run.synthetic_ratio),
         # The cores are split between the jobs, unless the config fixes a count.
@@ -88,10 +114,33 @@ def is_finished(run_dir: Path) -> bool:
     return "values" in results.get("evaluation", {}).get("dice_gain", {})
 
 
-def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a task needs in a fresh process (a pool worker, a Ray worker on another node) before it starts."""
+
+    plugins: tuple[str, ...] = ()  # --plugins folders to load
+    env: dict[str, str] = field(default_factory=dict)  # e.g. GANSEG_CACHE, so every task shares the baseline cache
+
+    @classmethod
+    def here(cls, plugins: Sequence[str] = ()) -> WorkerSetup:
+        env = {k: os.environ[k] for k in ("GANSEG_CACHE",) if k in os.environ}
+        return cls(tuple(str(Path(p).resolve()) for p in plugins), env)
+
+    def apply(self) -> None:
+        from toolkit.registry import load_plugin_dir
+
+        os.environ.update(self.env)
+        for folder in self.plugins:
+            files = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
+            if not all(f"ganseg_user_plugins.{p.stem}" in sys.modules for p in files):
+                load_plugin_dir(folder)  # once per process: a second load would register the names twice
+
+
+def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: WorkerSetup = WorkerSetup()) -> str:
     """One cell in a worker process: a run, resumed if it was interrupted, skipped if it is finished."""
     from toolkit.experiment import run_experiment
 
+    setup.apply()
     run_dir = cells_dir / cell.name
     if is_finished(run_dir):
         return "kept"
@@ -102,11 +151,12 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
     return "resumed" if resume else "ran"
 
 
-def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int) -> int:
+def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: WorkerSetup = WorkerSetup()) -> int:
     """The real-only baselines of one (regime, draw), into the shared cache; returns how many were trained."""
     from toolkit.experiment import baseline_store, build_evaluators, prepare_data
     from toolkit.runtime import resolve_device, set_threads
 
+    setup.apply()
     cell = Cell(plan.generators[0], n_train, plan.ratios[0], draw, 0)
     config = cell_config(plan, cell, threads)
     set_threads(threads)
@@ -117,17 +167,105 @@ def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int) -> int:
     return store.trained
 
 
+# Executors: callables (fn, tasks) -> [fn(*task) for task in tasks], in order -------------------------
+
+Executor = Callable[[Callable[..., Any], list[tuple]], list]
+
+
 def _pool_map(jobs: int, fn, tasks: list[tuple]) -> list:
-    if jobs <= 1:
+    if jobs <= 1 or len(tasks) <= 1:
         return [fn(*t) for t in tasks]
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, *zip(*tasks)))
 
 
-def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None, jobs: int = 1) -> Path:
-    """Run (or continue) the plan's cells and write the leaderboard; returns the benchmark folder."""
+def local_executor(jobs: int) -> tuple[Executor, int]:
+    """A process pool of ``jobs`` workers on this machine, and the threads each task gets (cores // jobs)."""
+    from toolkit.runtime import machine_threads
+
+    return (lambda fn, tasks: _pool_map(jobs, fn, tasks)), max(1, machine_threads() // max(jobs, 1))
+
+
+class RayMissing(RuntimeError):
+    """``--executor ray`` without the ``ray`` package."""
+
+
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """The job environment of a Ray instance started here: workers import this checkout's toolkit.
+
+    A local Ray instance starts its workers from the same Python; with
+    PYTHONPATH they import the ``toolkit`` the driver runs (a source checkout
+    beside an installed copy would otherwise be shadowed). On a remote
+    cluster ganseg must be installed on every node, and the benchmark folder
+    and the cache (``GANSEG_CACHE``) must be on storage every node sees.
+    """
+    source = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def ray_executor(jobs: int = 0, address: str | None = None) -> tuple[Executor, int]:
+    """Every task a Ray task: ``num_cpus`` = its threads, one GPU per task where the cluster has GPUs.
+
+    Connects to ``address`` (``auto``, ``ray://host:10001``, ``host:6379``),
+    to a Ray instance this process already started, or (None, no
+    ``RAY_ADDRESS``) starts a local one. ``jobs`` cells run at once
+    (0: one per cluster CPU); each task gets cluster CPUs // jobs threads.
+    """
+    if not ray_installed():
+        raise RayMissing('--executor ray needs the ray package: pip install -e ".[ray]"')
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+    resources = ray.cluster_resources()
+    cpus = max(1, int(resources.get("CPU", 1)))
+    threads = max(1, cpus // jobs) if jobs else 1
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+
+    def run(fn, tasks: list[tuple]) -> list:
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=1)(fn)
+        return ray.get([remote.remote(*t) for t in tasks])
+
+    log.info("benchmark: Ray cluster with %d CPUs and %d GPUs, %d thread(s) and %d GPU per task", cpus,
+             int(resources.get("GPU", 0)), threads, gpus)
+    return run, threads
+
+
+def make_executor(kind: str = "local", jobs: int = 0, ray_address: str | None = None) -> tuple[Executor, int]:
+    """The executor ``kind`` (local | ray) and the threads each task gets; a missing ray fails here."""
+    from toolkit.runtime import machine_threads
+
+    if kind == "local":
+        return local_executor(jobs or machine_threads())
+    if kind == "ray":
+        return ray_executor(jobs, ray_address)
+    raise ValueError(f"executor must be local or ray, got {kind!r}")
+
+
+def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
+    """The saved plan equals this one; keys a saved plan predates count as their defaults."""
+    current = json.loads(json.dumps(asdict(plan)))
+    defaults = json.loads(json.dumps(asdict(Plan((), (), (), 1, 1, ""))))
+    return all(saved.get(k, defaults[k]) == v for k, v in current.items()) and set(saved) <= set(current)
+
+
+def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None, jobs: int = 1,
+                  executor: tuple[Executor, int] | None = None, plugins: Sequence[str] = ()) -> Path:
+    """Run (or continue) the plan's cells and write the leaderboard; returns the benchmark folder.
+
+    Args:
+        jobs: cells at once in the default local pool (ignored when ``executor`` is given).
+        executor: (executor, threads per task) from :func:`make_executor`; default: ``local_executor(jobs)``.
+        plugins: plugin folders every task loads (the driver has loaded them already).
+    """
     from toolkit.leaderboard_bench import write_leaderboard
 
     for g in plan.generators:
@@ -139,27 +277,28 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     plan_file = bench / "benchmark.json"
     if plan_file.is_file():
         saved = json.loads(plan_file.read_text())["plan"]
-        if saved != json.loads(json.dumps(asdict(plan))):
+        if not _same_plan(saved, plan):
             raise RunError(f"{bench} holds another benchmark plan ({plan_file}); use another --name, or the same "
                            "options to continue it")
     else:
         RunDir.create(out, name)
     atomic_write(plan_file, json.dumps({"plan": asdict(plan), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
                                        indent=2))
-    threads = max(1, machine_threads() // max(jobs, 1))
+    run_tasks, threads = executor or local_executor(jobs)
+    setup = WorkerSetup.here(plugins)
     cells_dir = bench / "cells"
 
     # Baselines first, once per (regime, draw): every generator's cells then load them from the cache.
     pairs = sorted({(c.n_train, c.draw) for c in plan.cells()})
     t0 = time.perf_counter()
-    trained = _pool_map(jobs, _train_baselines, [(plan, n, d, threads) for n, d in pairs])
+    trained = run_tasks(_train_baselines, [(plan, n, d, threads, setup) for n, d in pairs])
     log.info("benchmark: %d baselines trained for %d (regime, draw) pairs in %.0f s", sum(trained), len(pairs),
              time.perf_counter() - t0)
 
     # Cells: each a whole run; finished ones are kept.
     cells = plan.cells()
     t0 = time.perf_counter()
-    status = _pool_map(jobs, _run_cell, [(plan, c, cells_dir, threads) for c in cells])
+    status = run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in cells])
     log.info("benchmark: %d cells (%d kept, %d ran, %d resumed) in %.0f s", len(cells), status.count("kept"),
              status.count("ran"), status.count("resumed"), time.perf_counter() - t0)
     write_leaderboard(bench, plan, cells, baselines_trained=sum(trained))

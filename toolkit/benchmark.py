@@ -309,7 +309,8 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
 
 def describe(plan: Plan) -> dict[str, Any]:
     return {"cells": len(plan.cells()), "generators": list(plan.generators), "regimes": list(plan.regimes),
-            "ratios": list(plan.ratios), "draws": plan.draws, "seeds": plan.seeds}
+            "ratios": list(plan.ratios), "draws": plan.draws, "seeds": plan.seeds,
+            "budget": f"{plan.budget_seconds:g} s" if plan.budget == "seconds" else "steps"}
 
 
 # --plan: how many draws x seeds a target effect needs, and how long that takes -----------------------------

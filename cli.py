@@ -230,6 +230,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
     from toolkit.benchmark import (
         Plan,
         RayMissing,
+        check_plan,
         describe,
         estimate_plan,
         format_estimate,
@@ -266,6 +267,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
         if plan_only:
             click.echo(format_estimate(estimate_plan(plan, target_effect, from_path=from_path, jobs=jobs)))
             return
+        check_plan(plan)  # before an executor (a Ray instance) starts
         run = make_executor(executor, jobs, ray_address)
         click.echo(f"benchmark: {describe(plan)}, executor {executor}, {run[1]} thread(s) per cell")
         bench = run_benchmark(plan, out=out, name=name, executor=run, plugins=plugins)

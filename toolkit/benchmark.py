@@ -226,7 +226,10 @@ def ray_executor(jobs: int = 0, address: str | None = None) -> tuple[Executor, i
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, runtime_env=ray_runtime_env(), log_to_driver=False)
+        # A local instance started here gets this checkout on its workers' path; a cluster has its own install.
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env=ray_runtime_env() if local else None)
     resources = ray.cluster_resources()
     cpus = max(1, int(resources.get("CPU", 1)))
     threads = max(1, cpus // jobs) if jobs else 1
@@ -252,6 +255,14 @@ def make_executor(kind: str = "local", jobs: int = 0, ray_address: str | None = 
     raise ValueError(f"executor must be local or ray, got {kind!r}")
 
 
+def check_plan(plan: Plan) -> None:
+    """Fail before any work (and before an executor starts): unknown generators, bad settings, a bad budget."""
+    for g in plan.generators:
+        GENERATORS.get(g)  # an unknown name fails with the valid ones
+    for cell in plan.cells()[:1]:
+        cell_config(plan, cell, 1)  # a bad setting fails
+
+
 def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
     """The saved plan equals this one; keys a saved plan predates count as their defaults."""
     current = json.loads(json.dumps(asdict(plan)))
@@ -270,10 +281,7 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     """
     from toolkit.leaderboard_bench import write_leaderboard
 
-    for g in plan.generators:
-        GENERATORS.get(g)  # an unknown name fails before any work, with the valid ones
-    for cell in plan.cells()[:1]:
-        cell_config(plan, cell, 1)  # a bad setting fails before any work
+    check_plan(plan)
     name = name or f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     bench = Path(out) / name
     plan_file = bench / "benchmark.json"

@@ -29,7 +29,7 @@ def bench(tmp_path_factory):
         mtimes = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
         meta = json.loads((out / "b" / "leaderboard.json").read_text())["meta"]
         again = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--name", "b"], catch_exceptions=False)
-    return {"dir": out / "b", "first": first.output, "again": again, "mtimes": mtimes, "meta": meta}
+    return {"dir": out / "b", "first": first.output, "again": again, "mtimes": mtimes, "meta": meta, "cache": cache}
 
 
 def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
@@ -104,7 +104,8 @@ def test_another_plan_in_the_same_folder_is_refused(bench, tmp_path):
     assert result.exit_code != 0 and "another benchmark plan" in result.output
 
 
-def test_plan_from_a_finished_benchmark_measures_components_and_trains_nothing(bench):
+def test_plan_from_a_finished_benchmark_measures_components_and_trains_nothing(bench, monkeypatch):
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))  # the benchmark's data cache: no phantom to rebuild
     cells = sorted(p.name for p in (bench["dir"] / "cells").iterdir())
     result = CliRunner().invoke(main, [*ARGS, "--plan", "--from", str(bench["dir"]), "--target-effect", "0.05"],
                                 catch_exceptions=False)
@@ -115,6 +116,18 @@ def test_plan_from_a_finished_benchmark_measures_components_and_trains_nothing(b
     assert "var_gen_seed" in out and "default (assumed" in out  # 1 seed: cannot be measured there
     assert "finished cells of" in out and "Nothing was trained" in out
     assert sorted(p.name for p in (bench["dir"] / "cells").iterdir()) == cells
+
+
+def test_plan_without_from_uses_the_defaults_and_times_this_machine(bench, monkeypatch, tmp_path):
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    args = [a if a != "b" else "p" for a in ARGS]
+    result = CliRunner().invoke(main, [*args, "--plan", "--out", str(tmp_path), "--name", "p"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "default (measured" in result.output and "default (assumed" in result.output
+    assert "ms per train_step" in result.output and "(timed here)" in result.output
+    assert "| 3 | 3 | 18 |" in result.output  # 2 generators x 3 draws x 3 seeds
+    assert not (tmp_path / "p").exists()
 
 
 def test_hierarchical_bootstrap_covers_draw_spread():

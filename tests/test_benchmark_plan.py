@@ -6,10 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
 from toolkit.benchmark import Plan, default_components, design_mde
 from toolkit.leaderboard_bench import BASELINE, nested_components, write_plots
 
@@ -48,17 +46,6 @@ def test_defaults_cover_every_component_and_say_where_they_come_from():
     values, sources = default_components()
     assert set(values) == set(COMPONENTS) and all(v >= 0 for v in values.values())
     assert "measured" in sources["var_patient"] and "assumed" in sources["var_draw"]
-
-
-def test_plan_without_from_uses_the_defaults_and_times_this_machine(tmp_path):
-    result = CliRunner().invoke(main, ["benchmark", "--profile", "smoke", "--generators", "toy,deformed_real",
-                                       "--train-patients", "2", "--plan", "--out", str(tmp_path), "--name", "p"],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "default (measured" in result.output and "default (assumed" in result.output
-    assert "ms per train_step" in result.output and "(timed here)" in result.output
-    assert "| 3 | 3 | 18 |" in result.output  # 2 generators x 3 draws x 3 seeds
-    assert not (tmp_path / "p").exists()
 
 
 def _row(generator, n, ratio, gain, fd):

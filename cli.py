@@ -198,26 +198,58 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
 @click.option("--ratios", default="1", help="Comma-separated synthetic:real ratios, e.g. 0.5,1,2.")
 @click.option("--draws", type=click.IntRange(min=1), default=1, help="Training-patient subsets per regime.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, help="Generator seeds per (regime, draw).")
-@click.option("--jobs", type=click.IntRange(min=0), default=0, help="Cells run at once; 0: one per CPU core.")
+@click.option("--jobs", type=click.IntRange(min=0), default=0,
+              help="Cells run at once; 0: one per CPU core (local) or per cluster CPU (ray).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              help="local: a process pool on this machine; ray: one Ray task per cell (pip install -e \".[ray]\").")
+@click.option("--ray-address", default=None, help="--executor ray: the cluster to join (auto, ray://HOST:10001); "
+              "default: $RAY_ADDRESS, else a local Ray instance.")
+@click.option("--budget", type=click.Choice(["steps", "seconds"]), default="steps",
+              help="Equal budgets: the profile's train.steps for every generator, or --budget-seconds each.")
+@click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--budget seconds: training seconds per generator (sets train.max_seconds in every cell).")
+@click.option("--plan", "plan_only", is_flag=True, help="Estimate the draws x seeds --target-effect needs and "
+              "their wall time on this machine, then exit without training.")
+@click.option("--target-effect", type=click.FloatRange(min=0, min_open=True), default=0.03,
+              help="--plan: the Dice gain to detect with 80% power.")
+@click.option("--from", "from_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="--plan: a benchmark folder (or a folder of runs) to take variance components and times from.")
 @click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Extra YAML config for every cell (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value in every cell.")
 @click.option("--name", default=None, help="Benchmark folder name; the same name and options continue it.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder.")
 @plugins_option
-def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, jobs, config_files, overrides, name,
-              out, plugins):
+def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, jobs, executor, ray_address, budget,
+              budget_seconds, plan_only, target_effect, from_path, config_files, overrides, name, out, plugins):
     """Rank generators by Dice gain over regimes x ratios x draws x seeds on one leaderboard.
 
     Each cell is a whole run under <out>/<name>/cells/; baselines are trained once per (regime, draw, U-Net seed)
     and shared; an interrupted benchmark continues where it stopped. Writes leaderboard.md/.csv/.json and plots/.
     """
-    from toolkit.benchmark import Plan, describe, run_benchmark
+    from toolkit.benchmark import (
+        Plan,
+        RayMissing,
+        check_plan,
+        describe,
+        estimate_plan,
+        format_estimate,
+        make_executor,
+        ray_installed,
+        run_benchmark,
+    )
     from toolkit.config import ConfigError
     from toolkit.registry import GENERATORS, RegistryError
     from toolkit.rundir import RunError
-    from toolkit.runtime import machine_threads
 
+    if executor == "ray" and not plan_only and not ray_installed():
+        raise click.ClickException('--executor ray needs the ray package: pip install -e ".[ray]" (or pip install '
+                                   '"ray>=2.9")')
+    if budget == "seconds" and budget_seconds is None:
+        raise click.ClickException("--budget seconds needs --budget-seconds S: the training seconds every "
+                                   "generator gets")
+    if budget == "steps" and budget_seconds is not None:
+        raise click.ClickException("--budget-seconds needs --budget seconds")
     _load_plugins(plugins)
     extra = [f"data.path={data}"] if data else []
     try:
@@ -231,13 +263,17 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
                                        "regimes, e.g. --train-patients 2,4")
         plan = Plan(generators=names, regimes=regimes, ratios=tuple(float(v) for v in ratios.split(",")),
                     draws=draws, seeds=seeds, profile=profile, config_files=tuple(config_files),
-                    overrides=(*overrides, *extra))
-        jobs = jobs or machine_threads()
-        click.echo(f"benchmark: {describe(plan)}, {jobs} job(s)")
-        bench = run_benchmark(plan, out=out, name=name, jobs=jobs)
+                    overrides=(*overrides, *extra), budget=budget, budget_seconds=budget_seconds)
+        if plan_only:
+            click.echo(format_estimate(estimate_plan(plan, target_effect, from_path=from_path, jobs=jobs)))
+            return
+        check_plan(plan)  # before an executor (a Ray instance) starts
+        run = make_executor(executor, jobs, ray_address)
+        click.echo(f"benchmark: {describe(plan)}, executor {executor}, {run[1]} thread(s) per cell")
+        bench = run_benchmark(plan, out=out, name=name, executor=run, plugins=plugins)
     except ValueError as exc:  # a bad number in a comma list
         raise click.ClickException(str(exc)) from None
-    except (ConfigError, RegistryError, RunError, OSError) as exc:
+    except (ConfigError, RegistryError, RunError, RayMissing, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo((bench / "leaderboard.md").read_text())
     click.echo(f"Leaderboard: {bench / 'leaderboard.md'} (.csv, .json), plots: {bench / 'plots'}")

@@ -12,6 +12,8 @@ EXTRAS = {
     "mhd": ["SimpleITK>=2.2"],
     # The standard FID Inception network (weights are a local file, never downloaded).
     "fid": ["pytorch-fid>=0.3"],
+    # benchmark --executor ray: cells as Ray tasks on a local or remote cluster.
+    "ray": ["ray>=2.9"],
 }
 EXTRAS["dev"] = sorted({"pytest>=7", "ruff>=0.4", *EXTRAS["mhd"], *EXTRAS["fid"]})
 

@@ -29,7 +29,7 @@ def bench(tmp_path_factory):
         mtimes = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
         meta = json.loads((out / "b" / "leaderboard.json").read_text())["meta"]
         again = CliRunner().invoke(main, [*ARGS, "--out", str(out), "--name", "b"], catch_exceptions=False)
-    return {"dir": out / "b", "first": first.output, "again": again, "mtimes": mtimes, "meta": meta}
+    return {"dir": out / "b", "first": first.output, "again": again, "mtimes": mtimes, "meta": meta, "cache": cache}
 
 
 def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
@@ -46,6 +46,42 @@ def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
     md = (d / "leaderboard.md").read_text()
     assert "deformed_real" in md and "hierarchical bootstrap" in md and "(real only: baseline)" in md
     assert (d / "plots" / "gain_n2_r1.png").is_file()
+
+
+def test_leaderboard_shows_budgets_throughput_and_quality_columns(bench):
+    d = bench["dir"]
+    md = (d / "leaderboard.md").read_text()
+    for column in ("precision_seg", "recall_seg", "msssim_gap", "train s", "steps done", "samples/s"):
+        assert f" {column} |" in md
+    rows = json.loads((d / "leaderboard.json").read_text())["rows"]
+    for r in rows:
+        if r["generator"] != BASELINE:
+            assert r["train_steps"] == 4 and r["train_steps_done"] == 4 and r["train_max_seconds"] is None
+            assert r["samples_per_second"] > 0 and r["train_seconds"] > 0
+    with open(d / "leaderboard.csv") as f:
+        first = next(csv.DictReader(f))
+    assert {"train_steps_done", "samples_per_second", "precision_seg", "recall_seg", "msssim_gap"} <= set(first)
+    meta = json.loads((d / "leaderboard.json").read_text())["meta"]
+    assert meta["plots"] == {"gain_n2_r1.png": {"kind": "gain", "n_train_patients": 2, "ratio": 1.0}}
+    assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_executor_ray_without_ray_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
+    import toolkit.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "ray_installed", lambda: False)
+    result = CliRunner().invoke(main, [*ARGS, "--executor", "ray", "--out", str(tmp_path), "--name", "r"])
+    assert result.exit_code != 0 and 'pip install -e ".[ray]"' in result.output
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(benchmark.RayMissing, match=r"pip install -e \"\.\[ray\]\""):
+        benchmark.make_executor("ray")
+
+
+def test_budget_options_are_checked(tmp_path):
+    result = CliRunner().invoke(main, [*ARGS, "--budget", "seconds", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--budget-seconds" in result.output
+    result = CliRunner().invoke(main, [*ARGS, "--budget-seconds", "5", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--budget seconds" in result.output
 
 
 def test_baselines_are_trained_once_per_regime_and_draw(bench):
@@ -66,6 +102,32 @@ def test_another_plan_in_the_same_folder_is_refused(bench, tmp_path):
     other = [a if a != "2" else "3" for a in ARGS]
     result = CliRunner().invoke(main, [*other, "--out", str(bench["dir"].parent), "--name", "b"])
     assert result.exit_code != 0 and "another benchmark plan" in result.output
+
+
+def test_plan_from_a_finished_benchmark_measures_components_and_trains_nothing(bench, monkeypatch):
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))  # the benchmark's data cache: no phantom to rebuild
+    cells = sorted(p.name for p in (bench["dir"] / "cells").iterdir())
+    result = CliRunner().invoke(main, [*ARGS, "--plan", "--from", str(bench["dir"]), "--target-effect", "0.05"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "target effect 0.05" in out and "| draws | seeds | cells | MDE80 | estimated wall time |" in out
+    assert "var_draw" in out and "measured on 2 generator rows of the benchmark" in out  # 2 draws: measured
+    assert "var_gen_seed" in out and "default (assumed" in out  # 1 seed: cannot be measured there
+    assert "finished cells of" in out and "Nothing was trained" in out
+    assert sorted(p.name for p in (bench["dir"] / "cells").iterdir()) == cells
+
+
+def test_plan_without_from_uses_the_defaults_and_times_this_machine(bench, monkeypatch, tmp_path):
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    args = [a if a != "b" else "p" for a in ARGS]
+    result = CliRunner().invoke(main, [*args, "--plan", "--out", str(tmp_path), "--name", "p"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "default (measured" in result.output and "default (assumed" in result.output
+    assert "ms per train_step" in result.output and "(timed here)" in result.output
+    assert "| 3 | 3 | 18 |" in result.output  # 2 generators x 3 draws x 3 seeds
+    assert not (tmp_path / "p").exists()
 
 
 def test_hierarchical_bootstrap_covers_draw_spread():

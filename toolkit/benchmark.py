@@ -13,27 +13,37 @@ them (``baselines_trained`` is 0 in every cell). Budgets are equal: every
 generator trains for the profile's ``train.steps`` whatever its own config
 file says, and the leaderboard shows each one's training time.
 
-Cells are independent tasks run in a local process pool (``jobs`` workers,
-the machine's cores split between them); the aggregation is in
-``toolkit.leaderboard_bench``.
+Cells are independent tasks behind a small executor seam, a callable
+``(fn, tasks) -> results``: :func:`local_executor` runs them in a local
+process pool (``jobs`` workers, the machine's cores split between them),
+:func:`ray_executor` submits each as a Ray task (``ray`` is an optional
+extra, imported only there). Every task writes its run into the benchmark
+folder itself, so the driver may die: the same command continues. The
+aggregation is in ``toolkit.leaderboard_bench``, the ``--plan`` estimate in
+:func:`estimate_plan`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from toolkit.config import Config, resolve
 from toolkit.io import atomic_write
 from toolkit.registry import GENERATORS
 from toolkit.rundir import RunDir, RunError
-from toolkit.runtime import machine_threads
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +73,28 @@ class Plan:
     profile: str
     config_files: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
+    budget: str = "steps"  # steps: the profile's train.steps for all; seconds: train.max_seconds for all
+    budget_seconds: float | None = None  # the wall-clock budget per generator training (budget: seconds)
 
     def cells(self) -> list[Cell]:
         return [Cell(g, n, r, d, s) for n, r, d, s, g in itertools.product(
             self.regimes, self.ratios, range(self.draws), range(self.seeds), self.generators)]
+
+
+#: ``train.steps`` under a wall-clock budget: a cap that the time budget reaches first.
+SECONDS_BUDGET_STEPS = 1_000_000
+
+
+def budget_settings(plan: Plan, base: Config) -> dict[str, Any]:
+    """The train keys that make every generator's budget equal: the same steps, or the same seconds."""
+    if plan.budget == "steps":
+        return {"train.steps": base.train.steps, "train.max_seconds": base.train.max_seconds}
+    if plan.budget == "seconds":
+        if not plan.budget_seconds or plan.budget_seconds <= 0:
+            raise ValueError("--budget seconds needs --budget-seconds S (> 0): the training seconds every "
+                             "generator gets")
+        return {"train.steps": SECONDS_BUDGET_STEPS, "train.max_seconds": float(plan.budget_seconds)}
+    raise ValueError(f"budget must be steps or seconds, got {plan.budget!r}")
 
 
 def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
@@ -75,7 +103,7 @@ def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
     config = resolve(generator=cell.generator, profile=plan.profile, config_files=plan.config_files,
                      overrides=plan.overrides)
     return config.replace({
-        "train.steps": base.train.steps,  # equal step budgets, whatever a generator's file says
+        **budget_settings(plan, base),  # equal budgets, whatever a generator's own file says
         "split.n_train_patients": cell.n_train, "split.draw": cell.draw, "seed": cell.seed,
         "evaluators.dice_gain.ratio": cell.ratio, "run.synthetic_ratio": max(cell.ratio, base.run.synthetic_ratio),
         # The cores are split between the jobs, unless the config fixes a count.
@@ -88,10 +116,33 @@ def is_finished(run_dir: Path) -> bool:
     return "values" in results.get("evaluation", {}).get("dice_gain", {})
 
 
-def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a task needs in a fresh process (a pool worker, a Ray worker on another node) before it starts."""
+
+    plugins: tuple[str, ...] = ()  # --plugins folders to load
+    env: dict[str, str] = field(default_factory=dict)  # e.g. GANSEG_CACHE, so every task shares the baseline cache
+
+    @classmethod
+    def here(cls, plugins: Sequence[str] = ()) -> WorkerSetup:
+        env = {k: os.environ[k] for k in ("GANSEG_CACHE",) if k in os.environ}
+        return cls(tuple(str(Path(p).resolve()) for p in plugins), env)
+
+    def apply(self) -> None:
+        from toolkit.registry import load_plugin_dir
+
+        os.environ.update(self.env)
+        for folder in self.plugins:
+            files = sorted(p for p in Path(folder).glob("*.py") if not p.name.startswith("_"))
+            if not all(f"ganseg_user_plugins.{p.stem}" in sys.modules for p in files):
+                load_plugin_dir(folder)  # once per process: a second load would register the names twice
+
+
+def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: WorkerSetup = WorkerSetup()) -> str:
     """One cell in a worker process: a run, resumed if it was interrupted, skipped if it is finished."""
     from toolkit.experiment import run_experiment
 
+    setup.apply()
     run_dir = cells_dir / cell.name
     if is_finished(run_dir):
         return "kept"
@@ -102,11 +153,12 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
     return "resumed" if resume else "ran"
 
 
-def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int) -> int:
+def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: WorkerSetup = WorkerSetup()) -> int:
     """The real-only baselines of one (regime, draw), into the shared cache; returns how many were trained."""
     from toolkit.experiment import baseline_store, build_evaluators, prepare_data
     from toolkit.runtime import resolve_device, set_threads
 
+    setup.apply()
     cell = Cell(plan.generators[0], n_train, plan.ratios[0], draw, 0)
     config = cell_config(plan, cell, threads)
     set_threads(threads)
@@ -117,49 +169,146 @@ def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int) -> int:
     return store.trained
 
 
+# Executors: callables (fn, tasks) -> [fn(*task) for task in tasks], in order -------------------------
+
+Executor = Callable[[Callable[..., Any], list[tuple]], list]
+
+
 def _pool_map(jobs: int, fn, tasks: list[tuple]) -> list:
-    if jobs <= 1:
+    if jobs <= 1 or len(tasks) <= 1:
         return [fn(*t) for t in tasks]
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, *zip(*tasks)))
 
 
-def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None, jobs: int = 1) -> Path:
-    """Run (or continue) the plan's cells and write the leaderboard; returns the benchmark folder."""
+def local_executor(jobs: int) -> tuple[Executor, int]:
+    """A process pool of ``jobs`` workers on this machine, and the threads each task gets (cores // jobs)."""
+    from toolkit.runtime import machine_threads
+
+    return (lambda fn, tasks: _pool_map(jobs, fn, tasks)), max(1, machine_threads() // max(jobs, 1))
+
+
+class RayMissing(RuntimeError):
+    """``--executor ray`` without the ``ray`` package."""
+
+
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def ray_runtime_env() -> dict[str, Any]:
+    """The job environment of a Ray instance started here: workers import this checkout's toolkit.
+
+    A local Ray instance starts its workers from the same Python; with
+    PYTHONPATH they import the ``toolkit`` the driver runs (a source checkout
+    beside an installed copy would otherwise be shadowed). On a remote
+    cluster ganseg must be installed on every node, and the benchmark folder
+    and the cache (``GANSEG_CACHE``) must be on storage every node sees.
+    """
+    source = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def ray_executor(jobs: int = 0, address: str | None = None) -> tuple[Executor, int]:
+    """Every task a Ray task: ``num_cpus`` = its threads, one GPU per task where the cluster has GPUs.
+
+    Connects to ``address`` (``auto``, ``ray://host:10001``, ``host:6379``),
+    to a Ray instance this process already started, or (None, no
+    ``RAY_ADDRESS``) starts a local one. ``jobs`` cells run at once
+    (0: one per cluster CPU); each task gets cluster CPUs // jobs threads.
+    """
+    if not ray_installed():
+        raise RayMissing('--executor ray needs the ray package: pip install -e ".[ray]"')
+    import ray
+
+    if not ray.is_initialized():
+        # A local instance started here gets this checkout on its workers' path; a cluster has its own install.
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env=ray_runtime_env() if local else None)
+    resources = ray.cluster_resources()
+    cpus = max(1, int(resources.get("CPU", 1)))
+    threads = max(1, cpus // jobs) if jobs else 1
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+
+    def run(fn, tasks: list[tuple]) -> list:
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=1)(fn)
+        return ray.get([remote.remote(*t) for t in tasks])
+
+    log.info("benchmark: Ray cluster with %d CPUs and %d GPUs, %d thread(s) and %d GPU per task", cpus,
+             int(resources.get("GPU", 0)), threads, gpus)
+    return run, threads
+
+
+def make_executor(kind: str = "local", jobs: int = 0, ray_address: str | None = None) -> tuple[Executor, int]:
+    """The executor ``kind`` (local | ray) and the threads each task gets; a missing ray fails here."""
+    from toolkit.runtime import machine_threads
+
+    if kind == "local":
+        return local_executor(jobs or machine_threads())
+    if kind == "ray":
+        return ray_executor(jobs, ray_address)
+    raise ValueError(f"executor must be local or ray, got {kind!r}")
+
+
+def check_plan(plan: Plan) -> None:
+    """Fail before any work (and before an executor starts): unknown generators, bad settings, a bad budget."""
+    for g in plan.generators:
+        GENERATORS.get(g)  # an unknown name fails with the valid ones
+    for cell in plan.cells()[:1]:
+        cell_config(plan, cell, 1)  # a bad setting fails
+
+
+def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
+    """The saved plan equals this one; keys a saved plan predates count as their defaults."""
+    current = json.loads(json.dumps(asdict(plan)))
+    defaults = json.loads(json.dumps(asdict(Plan((), (), (), 1, 1, ""))))
+    return all(saved.get(k, defaults[k]) == v for k, v in current.items()) and set(saved) <= set(current)
+
+
+def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None, jobs: int = 1,
+                  executor: tuple[Executor, int] | None = None, plugins: Sequence[str] = ()) -> Path:
+    """Run (or continue) the plan's cells and write the leaderboard; returns the benchmark folder.
+
+    Args:
+        jobs: cells at once in the default local pool (ignored when ``executor`` is given).
+        executor: (executor, threads per task) from :func:`make_executor`; default: ``local_executor(jobs)``.
+        plugins: plugin folders every task loads (the driver has loaded them already).
+    """
     from toolkit.leaderboard_bench import write_leaderboard
 
-    for g in plan.generators:
-        GENERATORS.get(g)  # an unknown name fails before any work, with the valid ones
-    for cell in plan.cells()[:1]:
-        cell_config(plan, cell, 1)  # a bad setting fails before any work
+    check_plan(plan)
     name = name or f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     bench = Path(out) / name
     plan_file = bench / "benchmark.json"
     if plan_file.is_file():
         saved = json.loads(plan_file.read_text())["plan"]
-        if saved != json.loads(json.dumps(asdict(plan))):
+        if not _same_plan(saved, plan):
             raise RunError(f"{bench} holds another benchmark plan ({plan_file}); use another --name, or the same "
                            "options to continue it")
     else:
         RunDir.create(out, name)
     atomic_write(plan_file, json.dumps({"plan": asdict(plan), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
                                        indent=2))
-    threads = max(1, machine_threads() // max(jobs, 1))
+    run_tasks, threads = executor or local_executor(jobs)
+    setup = WorkerSetup.here(plugins)
     cells_dir = bench / "cells"
 
     # Baselines first, once per (regime, draw): every generator's cells then load them from the cache.
     pairs = sorted({(c.n_train, c.draw) for c in plan.cells()})
     t0 = time.perf_counter()
-    trained = _pool_map(jobs, _train_baselines, [(plan, n, d, threads) for n, d in pairs])
+    trained = run_tasks(_train_baselines, [(plan, n, d, threads, setup) for n, d in pairs])
     log.info("benchmark: %d baselines trained for %d (regime, draw) pairs in %.0f s", sum(trained), len(pairs),
              time.perf_counter() - t0)
 
     # Cells: each a whole run; finished ones are kept.
     cells = plan.cells()
     t0 = time.perf_counter()
-    status = _pool_map(jobs, _run_cell, [(plan, c, cells_dir, threads) for c in cells])
+    status = run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in cells])
     log.info("benchmark: %d cells (%d kept, %d ran, %d resumed) in %.0f s", len(cells), status.count("kept"),
              status.count("ran"), status.count("resumed"), time.perf_counter() - t0)
     write_leaderboard(bench, plan, cells, baselines_trained=sum(trained))
@@ -168,4 +317,258 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
 
 def describe(plan: Plan) -> dict[str, Any]:
     return {"cells": len(plan.cells()), "generators": list(plan.generators), "regimes": list(plan.regimes),
-            "ratios": list(plan.ratios), "draws": plan.draws, "seeds": plan.seeds}
+            "ratios": list(plan.ratios), "draws": plan.draws, "seeds": plan.seeds,
+            "budget": f"{plan.budget_seconds:g} s" if plan.budget == "seconds" else "steps"}
+
+
+# --plan: how many draws x seeds a target effect needs, and how long that takes -----------------------------
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "benchmark_variance_defaults.json"
+PLAN_DRAWS = (1, 2, 3, 4, 6, 8, 12)
+PLAN_SEEDS = (1, 2, 3)
+
+
+def default_components() -> tuple[dict[str, float], dict[str, str]]:
+    """The documented default variance components and, per component, where each comes from."""
+    data = json.loads(DEFAULTS_FILE.read_text())
+    values, sources = {}, {}
+    for part in ("measured", "assumed"):
+        for key, value in data[part].items():
+            if key != "source":
+                values[key] = float(value)
+                sources[key] = f"default ({part}, benchmarks/results/{DEFAULTS_FILE.name})"
+    return values, sources
+
+
+def default_notes() -> dict[str, str]:
+    data = json.loads(DEFAULTS_FILE.read_text())
+    return {part: data[part]["source"] for part in ("measured", "assumed")}
+
+
+def design_mde(components: dict[str, float], draws: int, seeds: int, unet_seeds: int, patients: int) -> float:
+    """MDE at 80% power of a benchmark row's mean gain for a design, with ``toolkit.seg.stats.Power``.
+
+    The mean over [draws, gen seeds, U-Net seeds, patients] has variance
+    ``var_draw / D + var_gen_seed / (D G) + var_unet_seed / (D G U) +
+    var_patient / P + var_residual / (D G U P)``: the two-way formula of
+    ``Power`` with draws as its "seeds" and the within-draw levels folded in.
+    """
+    from toolkit.seg.stats import Power
+
+    within = seeds * unet_seeds
+    c = components
+    return Power(var_seed=c["var_draw"] + c["var_gen_seed"] / seeds + c["var_unet_seed"] / within,
+                 var_patient=c["var_patient"], var_residual=c["var_residual"] / within,
+                 n_seeds=draws, n_patients=patients).mde()
+
+
+def measured_components(path: str | Path) -> tuple[dict[str, float], str]:
+    """Variance components measured in a benchmark folder's finished cells, or in a run / folder of runs.
+
+    Components that cannot be measured there (one draw, one seed) are NaN.
+    """
+    from toolkit.leaderboard_bench import COMPONENTS, group_diffs, nested_components, per_patient_diffs
+
+    path = Path(path)
+    estimates = []
+    if (path / "benchmark.json").is_file():
+        cells = [c for c in Plan(**_plan_fields(json.loads((path / "benchmark.json").read_text())["plan"])).cells()
+                 if is_finished(path / "cells" / c.name)]
+        estimates = [nested_components(diff) for diff in group_diffs(path, cells).values()]
+        where = f"{len(estimates)} generator rows of the benchmark {path}"
+    else:
+        runs = [p.parent.parent for p in sorted(path.glob("**/dice_gain/per_patient.csv"))]
+        estimates = [nested_components(per_patient_diffs(run)[1][None, None]) for run in runs]
+        where = f"{len(runs)} run(s) under {path}"
+    if not estimates:
+        raise RunError(f"--from {path}: no finished benchmark cells and no run with dice_gain/per_patient.csv")
+    out = {}
+    for key in COMPONENTS:
+        values = [e[key] for e in estimates if np.isfinite(e[key])]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out, where
+
+
+def _plan_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+
+
+def measure_step_seconds(config: Config, prepared, device, budget_s: float = 1.5) -> tuple[float, float]:
+    """(seconds per train_step, seconds per sampled slice) of ``config``'s generator: a short timing."""
+    import torch
+
+    from toolkit.experiment import baseline_store, build_generator, train_context
+    from toolkit.train.loop import batch_indices
+    from toolkit.types import Batch
+
+    gen = build_generator(config, device)
+    gen.setup(train_context(config, prepared, gen, baseline_store(config, prepared, device)))
+    data = prepared.train.to_batch().to(device)
+    gen.train()
+
+    def step(i: int) -> None:
+        rows = batch_indices(i, len(prepared.train), config.train.batch_size, config.seed).to(device)
+        gen.train_step(Batch(data.image[rows], data.mask[rows], data.cond[rows]), i)
+
+    step(0)  # warm-up: allocation, oneDNN kernel choice
+    n, t0 = 0, time.perf_counter()
+    while n < 2 or (n < 20 and time.perf_counter() - t0 < budget_s):
+        step(n + 1)
+        n += 1
+    train_s = (time.perf_counter() - t0) / n
+    gen.eval()
+    k = min(32, len(prepared.train))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        gen.sample(k, cond=data.cond[:k].cpu(), masks=data.mask[:k].cpu() if gen.needs_masks else None,
+                   generator=torch.Generator().manual_seed(0))
+    return train_s, (time.perf_counter() - t0) / k
+
+
+def measure_unet_seconds(config: Config, prepared, device) -> float:
+    """Seconds of one segmenter training of ``config.seg`` (steps and validations), from two short timings."""
+    import dataclasses
+
+    from toolkit.seg.train import Pool, train_unet
+
+    seg = config.seg
+
+    def timed(steps: int) -> float:
+        t0 = time.perf_counter()
+        train_unet([Pool.of(prepared.train)], prepared.val, dataclasses.replace(seg, steps=steps, val_every=steps),
+                   seed=0, device=device)
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up
+    short, long = timed(2), timed(8)
+    per_step = max((long - short) / 6, 1e-6)
+    per_validation = max(short - 2 * per_step, 0.0)
+    return seg.steps * per_step + -(-seg.steps // seg.val_every) * per_validation
+
+
+def _finished_cell_seconds(path: Path) -> dict[str, float]:
+    """generator -> mean wall seconds of its finished cells in a benchmark folder (training + sampling + evaluation)."""
+    out: dict[str, list[float]] = {}
+    for results_file in sorted((path / "cells").glob("*/results.json")) if (path / "cells").is_dir() else []:
+        results = json.loads(results_file.read_text())
+        if "values" not in results.get("evaluation", {}).get("dice_gain", {}):
+            continue
+        generator = results_file.parent.name.rsplit("-n", 1)[0]
+        sampled = results.get("synthetic", {}).get("seconds_per_100", 0) * results.get("data", {}).get(
+            "train_slices", 0) / 100
+        seconds = results.get("train", {}).get("seconds", 0) + sampled + sum(
+            e.get("seconds", 0) for e in results.get("evaluation", {}).values() if isinstance(e, dict))
+        out.setdefault(generator, []).append(seconds)
+    return {g: float(np.mean(v)) for g, v in out.items()}
+
+
+def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path | None = None,
+                  jobs: int = 0) -> dict[str, Any]:
+    """Before any work: the MDE80 and wall time of designs draws x seeds for ``plan``'s other axes.
+
+    Variance components come from ``from_path`` (a benchmark folder or runs;
+    what it cannot measure, and everything without it, from the documented
+    defaults); times from the finished cells of ``from_path``, else from a
+    short timing of each generator's train_step and one segmenter on this
+    machine, at the threads a cell gets with ``jobs`` cells at once.
+    """
+    from toolkit.experiment import build_evaluators, prepare_data
+    from toolkit.runtime import machine_threads, resolve_device, set_threads
+
+    for g in plan.generators:
+        GENERATORS.get(g)
+    components, sources = default_components()
+    if from_path is not None:
+        measured, where = measured_components(from_path)
+        for key, value in measured.items():
+            if np.isfinite(value):
+                components[key], sources[key] = value, f"measured on {where}"
+
+    # Times: one cell's generator and evaluation, one baseline, per generator; measured here.
+    jobs = jobs or machine_threads()
+    threads = max(1, machine_threads() // jobs)
+    set_threads(threads)
+    first = Cell(plan.generators[0], plan.regimes[0], plan.ratios[0], 0, 0)
+    config = cell_config(plan, first, threads)
+    device = resolve_device(config.train.device)
+    prepared = prepare_data(config)
+    dice_gain = build_evaluators(config, ["dice_gain"])["dice_gain"]
+    unet_seeds, patients = dice_gain.seeds, len(prepared.split["test"])
+    arms = 1 + int(dice_gain.tstr) + len(dice_gain.controls)  # U-Nets per U-Net seed in a cell
+    unet_s = measure_unet_seconds(config, prepared, device)
+    slices_per_patient = len(prepared.train) / max(1, len(prepared.split["train"]))
+    finished = _finished_cell_seconds(Path(from_path)) if from_path is not None else {}
+    cell_s: dict[tuple[str, int, float], float] = {}
+    step_times: dict[str, dict[str, Any]] = {}
+    for g in plan.generators:
+        if g in finished:
+            step_times[g] = {"source": f"finished cells of {from_path}", "cell_seconds": finished[g]}
+            for n in plan.regimes:
+                for r in plan.ratios:
+                    cell_s[(g, n, r)] = finished[g]
+            continue
+        gconfig = cell_config(plan, Cell(g, plan.regimes[0], plan.ratios[0], 0, 0), threads)
+        train_step_s, sample_s = measure_step_seconds(gconfig, prepared, device)
+        train_s = plan.budget_seconds if plan.budget == "seconds" else gconfig.train.steps * train_step_s
+        step_times[g] = {"source": "timed here", "train_step_seconds": train_step_s,
+                         "sample_seconds_per_slice": sample_s, "train_seconds": train_s}
+        for n in plan.regimes:
+            for r in plan.ratios:
+                synthetic = max(r, gconfig.run.synthetic_ratio) * slices_per_patient * n
+                cell_s[(g, n, r)] = train_s + synthetic * sample_s + arms * unet_seeds * unet_s
+
+    # The designs: each draws x seeds with the plan's generators, regimes and ratios.
+    rows = []
+    for draws in sorted({*PLAN_DRAWS, plan.draws}):
+        for seeds in sorted({*PLAN_SEEDS, plan.seeds}):
+            mde = design_mde(components, draws, seeds, unet_seeds, patients)
+            cells = len(plan.generators) * len(plan.regimes) * len(plan.ratios) * draws * seeds
+            work = sum(cell_s.values()) * draws * seeds + len(plan.regimes) * draws * unet_seeds * unet_s
+            rows.append({"draws": draws, "seeds": seeds, "cells": cells, "mde80": mde,
+                         "meets_target": mde <= target_effect, "wall_seconds": work / jobs,
+                         "this_plan": (draws, seeds) == (plan.draws, plan.seeds)})
+    meeting = [r for r in rows if r["meets_target"]]
+    return {"target_effect": target_effect, "components": components, "component_sources": sources,
+            "unet_seeds": unet_seeds, "test_patients": patients, "jobs": jobs, "threads_per_cell": threads,
+            "unet_seconds": unet_s, "generators": step_times, "rows": rows,
+            "cheapest": min(meeting, key=lambda r: r["wall_seconds"]) if meeting else None}
+
+
+def _hms(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}" if minutes >= 60 else f"{max(seconds, 0) / 60:.1f} min"
+
+
+def format_estimate(est: dict[str, Any]) -> str:
+    """The --plan table and where its numbers come from."""
+    lines = [f"benchmark --plan: target effect {est['target_effect']:g} Dice at 80% power, {est['test_patients']} "
+             f"test patients, {est['unet_seeds']} U-Net seeds per cell, {est['jobs']} cell(s) at once with "
+             f"{est['threads_per_cell']} thread(s) each", "", "Variance components (Dice^2):"]
+    for key, value in est["components"].items():
+        lines.append(f"  {key:14s} {value:.6f}  {est['component_sources'][key]}")
+    used = {part for part in ("measured", "assumed") if any(f"default ({part}" in v
+                                                            for v in est["component_sources"].values())}
+    for part, note in default_notes().items():
+        if part in used:
+            lines.append(f"  default ({part}): {note}")
+    lines += ["", f"Times: one segmenter {est['unet_seconds']:.1f} s (timed here)"]
+    for g, t in est["generators"].items():
+        if "cell_seconds" in t:
+            lines.append(f"  {g}: {t['cell_seconds']:.0f} s per cell ({t['source']})")
+        else:
+            lines.append(f"  {g}: {t['train_step_seconds'] * 1000:.1f} ms per train_step, {t['train_seconds']:.1f} s "
+                         f"of training, {t['sample_seconds_per_slice'] * 1000:.1f} ms per sampled slice ({t['source']})")
+    lines += ["", "| draws | seeds | cells | MDE80 | estimated wall time | meets target |", "|---|---|---|---|---|---|"]
+    for r in est["rows"]:
+        mark = " (this plan)" if r["this_plan"] else ""
+        lines.append(f"| {r['draws']} | {r['seeds']} | {r['cells']} | {r['mde80']:.3f} | {_hms(r['wall_seconds'])} | "
+                     f"{'yes' if r['meets_target'] else 'no'}{mark} |")
+    best = est["cheapest"]
+    lines.append("")
+    lines.append(f"Cheapest design that meets the target: --draws {best['draws']} --seeds {best['seeds']} "
+                 f"(MDE80 {best['mde80']:.3f}, about {_hms(best['wall_seconds'])})." if best else
+                 "No design in the table meets the target: more test patients or U-Net seeds "
+                 "(evaluators.dice_gain.seeds) lower the patient and residual terms that draws cannot.")
+    lines.append("Wall times: per-cell times x cells / cells at once, plus the baselines; evaluators other than "
+                 "dice_gain's U-Nets are not counted when timed here. Nothing was trained.")
+    return "\n".join(lines)

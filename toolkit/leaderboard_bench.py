@@ -32,7 +32,7 @@ import numpy as np
 
 from toolkit.io import atomic_write
 from toolkit.rundir import RunDir
-from toolkit.seg.stats import wilcoxon_p
+from toolkit.seg.stats import variance_components, wilcoxon_p
 
 BASELINE = "(real only: baseline)"
 Z80 = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
@@ -70,6 +70,56 @@ def hierarchical_bootstrap(diff: np.ndarray, samples: int = 2000, seed: int = 0)
     return float(low), float(high), float(means.std(ddof=1))
 
 
+#: The levels of a benchmark's paired differences, outermost first.
+COMPONENTS = ("var_draw", "var_gen_seed", "var_unet_seed", "var_patient", "var_residual")
+
+
+def nested_components(diff: np.ndarray) -> dict[str, float]:
+    """Method-of-moments variance components of ``diff`` [draws, gen seeds, U-Net seeds, patients].
+
+    Model: ``d = mu + draw + gen seed (in draw) + U-Net seed (in cell) +
+    patient + residual``. Patient and residual come from the two-way
+    estimate of ``toolkit.seg.stats.variance_components`` over the
+    (draw, seed, U-Net seed) rows; each nested level from the spread of its
+    means minus what the levels below it contribute, clipped at 0. A level
+    with one member cannot be estimated: NaN (and so are the levels above
+    that need it).
+    """
+    d, g, u, p = diff.shape
+    out = dict.fromkeys(COMPONENTS, float("nan"))
+    rows = diff.reshape(d * g * u, p)
+    if rows.shape[0] > 1 and p > 1:
+        two_way = variance_components(rows)
+        out["var_patient"], out["var_residual"] = two_way.var_patient, two_way.var_residual
+    else:
+        return out
+    noise = out["var_residual"] / p  # what the residual adds to a row mean
+    means = diff.mean(axis=3)  # [D, G, U]
+    if u > 1:
+        out["var_unet_seed"] = max(float(means.var(axis=2, ddof=1).mean()) - noise, 0.0)
+    below = (out["var_unet_seed"] + noise) / u  # the variance of a cell mean from inside the cell
+    cells = means.mean(axis=2)  # [D, G]
+    if g > 1:
+        out["var_gen_seed"] = max(float(cells.var(axis=1, ddof=1).mean()) - below, 0.0)
+    if d > 1:
+        out["var_draw"] = max(float(cells.mean(axis=1).var(ddof=1)) - (out["var_gen_seed"] + below) / g, 0.0)
+    return out
+
+
+def group_diffs(bench: Path, cells: list) -> dict[tuple, np.ndarray]:
+    """(generator, regime, ratio) -> the [draws, gen seeds, U-Net seeds, patients] differences of its finished cells."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for cell in cells:
+        groups[(cell.generator, cell.n_train, cell.ratio)].append(cell)
+    out = {}
+    for key, members in groups.items():
+        by_cell = {(c.draw, c.seed): per_patient_diffs(bench / "cells" / c.name)[1] for c in members}
+        draws, seeds = sorted({k[0] for k in by_cell}), sorted({k[1] for k in by_cell})
+        if len(by_cell) == len(draws) * len(seeds):  # a complete layout only
+            out[key] = np.stack([np.stack([by_cell[(dr, s)] for s in seeds]) for dr in draws])
+    return out
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -105,9 +155,16 @@ def aggregate(bench: Path, cells: list) -> list[dict[str, Any]]:
         for column, (evaluator, metric) in QUALITY.items():
             row[column] = _mean([r.get("evaluation", {}).get(evaluator, {}).get("values", {}).get(metric)
                                  for r in results])
-        row["train_seconds"] = _mean([r.get("train", {}).get("seconds") for r in results])
+        row["train_seconds"] = _mean([r.get("train", {}).get("total_seconds", r.get("train", {}).get("seconds"))
+                                      for r in results])
         row["train_steps"] = results[0].get("train", {}).get("steps")
+        # Steps actually done: fewer than train_steps where a wall-clock budget (train.max_seconds) stopped them.
+        row["train_steps_done"] = _mean([r.get("train", {}).get("steps_done", r.get("train", {}).get("steps"))
+                                         for r in results])
+        row["train_max_seconds"] = results[0].get("train", {}).get("max_seconds")
         row["sample_seconds_per_100"] = _mean([r.get("synthetic", {}).get("seconds_per_100") for r in results])
+        row["samples_per_second"] = 100 / row["sample_seconds_per_100"] \
+            if row["sample_seconds_per_100"] > 0 else float("nan")
         config = (bench / "cells" / members[0].name / "config.yaml").read_text()
         row["config_hash"] = hashlib.sha1(config.encode()).hexdigest()[:10]
         fingerprints = {r.get("data", {}).get("fingerprint") for r in results}
@@ -122,14 +179,15 @@ def aggregate(bench: Path, cells: list) -> list[dict[str, Any]]:
                     ci_high=0.0, ci_includes_0=True, dice_augmented=_mean([r["dice_baseline"] for r in same]),
                     dice_baseline=_mean([r["dice_baseline"] for r in same]), draws=same[0]["draws"],
                     seeds=same[0]["seeds"], unet_seeds=same[0]["unet_seeds"], test_patients=same[0]["test_patients"],
-                    train_seconds=0.0, config_hash="", split_fingerprint=same[0]["split_fingerprint"])
+                    train_seconds=0.0, train_steps=None, train_steps_done=float("nan"), train_max_seconds=None,
+                    config_hash="", split_fingerprint=same[0]["split_fingerprint"])
         rows.append(base)
     rows.sort(key=lambda r: (r["n_train_patients"], r["ratio"], -r["dice_gain"]))
     return rows
 
 
 def kendall_tau(rows: list[dict[str, Any]]) -> float:
-    """Rank agreement of quality (lower FD better) and utility (higher gain better) over the rows."""
+    """Rank agreement of quality (lower FD better) and utility (higher gain better) over the rows (NaN under 3)."""
     pairs = [(r["fd_seg"], r["dice_gain"]) for r in rows if r["generator"] != BASELINE and np.isfinite(r["fd_seg"])]
     if len(pairs) < 3:
         return float("nan")
@@ -141,36 +199,44 @@ def kendall_tau(rows: list[dict[str, Any]]) -> float:
 
 def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cols = ["generator", "n_train_patients", "ratio", "dice_gain", "95% CI", "mde80", "p_wilcoxon",
-            "dice_augmented", "dice_tstr", "label_fidelity", "fd_seg", "kid_seg", "coverage_seg",
-            "memorized_fraction", "train_seconds"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            "dice_augmented", "dice_tstr", "label_fidelity", "fd_seg", "kid_seg", "precision_seg", "recall_seg",
+            "coverage_seg", "msssim_gap", "memorized_fraction"]
+    timing = ["train_seconds", "train_steps_done", "samples_per_second"]
+    header = [*cols, "train s", "steps done", "samples/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         mark = " (CI includes 0)" if r["ci_includes_0"] and r["generator"] != BASELINE else ""
         cells = [r["generator"], str(r["n_train_patients"]), f"{r['ratio']:g}", f"{r['dice_gain']:+.3f}{mark}",
                  f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
-        cells += [f"{r[c]:.3f}" if isinstance(r[c], float) and np.isfinite(r[c]) else "-" for c in cols[5:-1]]
-        cells.append(f"{r['train_seconds']:.0f}")
+        cells += [f"{r[c]:.3f}" if isinstance(r[c], float) and np.isfinite(r[c]) else "-" for c in cols[5:]]
+        cells += [f"{r[c]:.0f}" if isinstance(r[c], (int, float)) and np.isfinite(r[c]) and r["generator"] != BASELINE
+                  else "-" for c in timing]
         lines.append("| " + " | ".join(cells) + " |")
     baselines = ", ".join(f"{n} patients: {d:.3f}" for n, d in meta["baseline_dice"].items())
     return (f"# Benchmark leaderboard\n\n{meta['cells']} cells: generators x regimes x ratios x {meta['draws']} "
-            f"draws x {meta['seeds']} generator seeds; every generator trained {meta['train_steps']} steps. "
+            f"draws x {meta['seeds']} generator seeds; {meta['budget_text']}. "
             f"Real-only baseline Dice: {baselines}. Baselines trained by this benchmark: "
             f"{meta['baselines_trained']}. Gains are augmented - baseline, 95% CI from a hierarchical bootstrap "
             "over draws, generator seeds, U-Net seeds and test patients; mde80: the smallest true gain this design "
-            f"detects with 80% power. Kendall tau (FD vs gain ranking): {meta['kendall_tau']:.2f}. "
+            f"detects with 80% power; msssim_gap is the diversity metric. Kendall tau (FD vs gain ranking): "
+            f"{meta['kendall_tau']:.2f}. "
             f"git {meta['git_commit']}.\n\n" + "\n".join(lines) + "\n")
 
 
 def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0) -> list[dict[str, Any]]:
-    """leaderboard.md / .csv / .json and the gain plot in the benchmark folder."""
-    from toolkit.seg.report import gain_plot, save_png
-
+    """leaderboard.md / .csv / .json, the plots (PNG in plots/, the same figures in TensorBoard) in the folder."""
     rows = aggregate(bench, cells)
-    meta = {"cells": len(cells), "draws": plan.draws, "seeds": plan.seeds,
-            "train_steps": rows[0]["train_steps"] if rows else None, "baselines_trained": baselines_trained,
+    budget = getattr(plan, "budget", "steps")
+    train_steps = rows[0]["train_steps"] if rows else None
+    meta = {"cells": len(cells), "draws": plan.draws, "seeds": plan.seeds, "train_steps": train_steps,
+            "budget": budget, "budget_seconds": getattr(plan, "budget_seconds", None),
+            "budget_text": f"every generator trained {getattr(plan, 'budget_seconds', 0) or 0:g} s (train.max_seconds)"
+            if budget == "seconds" else f"every generator trained {train_steps} steps",
+            "baselines_trained": baselines_trained,
             "baseline_dice": {n: _mean([r["dice_baseline"] for r in rows if r["n_train_patients"] == n])
                               for n in plan.regimes},
             "kendall_tau": kendall_tau(rows), "git_commit": _git_commit()}
+    meta["plots"] = write_plots(bench, rows, plan)
     atomic_write(bench / "leaderboard.md", format_markdown(rows, meta))
     atomic_write(bench / "leaderboard.json", json.dumps({"meta": meta, "rows": rows}, indent=2, default=float))
     table = io.StringIO()
@@ -178,11 +244,68 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(bench / "leaderboard.csv", table.getvalue())
+    return rows
+
+
+def write_plots(bench: Path, rows: list[dict[str, Any]], plan) -> dict[str, dict[str, Any]]:
+    """The benchmark's figures as PNG in ``plots/`` and as TensorBoard images in the benchmark folder.
+
+    Gain per generator with CIs (per regime and ratio); gain vs real training
+    patients (several regimes) and gain vs ratio (several ratios), one line
+    per generator with CI bars; FD (seg features) vs gain with Kendall's tau.
+    Returns file name -> what it shows (kind, and the tau of a scatter).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    from toolkit.seg.report import gain_plot, line_plot, save_png, scatter_plot
+
+    models = [r for r in rows if r["generator"] != BASELINE]
+    figures: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     for regime in plan.regimes:
         for ratio in plan.ratios:
-            subset = [r for r in rows if r["n_train_patients"] == regime and r["ratio"] == ratio
-                      and r["generator"] != BASELINE]
-            if subset:
-                save_png(bench / "plots" / f"gain_n{regime}_r{ratio:g}.png",
-                         gain_plot(subset, f"Dice gain, {regime} training patients, ratio {ratio:g}"))
-    return rows
+            subset = [r for r in models if r["n_train_patients"] == regime and r["ratio"] == ratio]
+            if not subset:
+                continue
+            figures[f"gain_n{regime}_r{ratio:g}.png"] = (
+                gain_plot(subset, f"Dice gain, {regime} training patients, ratio {ratio:g}"),
+                {"kind": "gain", "n_train_patients": regime, "ratio": ratio})
+            pairs = [(r["generator"], r["fd_seg"], r["dice_gain"]) for r in subset if np.isfinite(r["fd_seg"])]
+            if pairs:
+                tau = kendall_tau(subset)
+                figures[f"fd_vs_gain_n{regime}_r{ratio:g}.png"] = (
+                    scatter_plot(pairs, f"FD (seg features) vs Dice gain, {regime} patients, ratio {ratio:g}: "
+                                 f"Kendall tau {tau:.2f}", "fd_seg (lower: closer to real)", "Dice gain"),
+                    {"kind": "fd_vs_gain", "n_train_patients": regime, "ratio": ratio, "kendall_tau": tau,
+                     "points": len(pairs)})
+
+    def lines(fixed: str, value: float, along: str) -> dict[str, list[tuple[float, float, float, float]]]:
+        series: dict[str, list] = defaultdict(list)
+        for r in models:
+            if r[fixed] == value:
+                series[r["generator"]].append((float(r[along]), r["dice_gain"], r["ci_low"], r["ci_high"]))
+        return dict(series)
+
+    if len(plan.regimes) > 1:
+        for ratio in plan.ratios:
+            series = lines("ratio", ratio, "n_train_patients")
+            figures[f"gain_vs_patients_r{ratio:g}.png"] = (
+                line_plot(series, f"Dice gain (95% CI) vs real training patients, ratio {ratio:g}",
+                          "real training patients"), {"kind": "gain_vs_patients", "ratio": ratio,
+                                                      "series": sorted(series)})
+    if len(plan.ratios) > 1:
+        for regime in plan.regimes:
+            series = lines("n_train_patients", regime, "ratio")
+            figures[f"gain_vs_ratio_n{regime}.png"] = (
+                line_plot(series, f"Dice gain (95% CI) vs synthetic:real ratio, {regime} training patients",
+                          "synthetic:real ratio"), {"kind": "gain_vs_ratio", "n_train_patients": regime,
+                                                    "series": sorted(series)})
+    for old in (bench / "tensorboard").glob("events.out.tfevents.*"):
+        old.unlink()  # one set of figures: the leaderboard's latest
+    writer = SummaryWriter(log_dir=str(bench / "tensorboard"))
+    try:
+        for file, (image, _) in figures.items():
+            save_png(bench / "plots" / file, image)
+            writer.add_image(f"benchmark/{file[:-4]}", image, 0, dataformats="HWC")
+    finally:
+        writer.close()
+    return {file: info for file, (_, info) in figures.items()}

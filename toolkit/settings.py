@@ -138,6 +138,9 @@ class TrainSettings(Section):
     precision: Precision = "fp32"  # auto: bf16 where the hardware runs it natively; fp32 (default) elsewhere
     channels_last: Literal["auto", "on", "off"] | bool = "auto"  # auto: on for CUDA (YAML reads bare on/off as true/false)
     threads: PositiveInt | None = None  # torch CPU threads; None: the cores idle at start (threads_busy.md)
+    # Wall-clock budget in seconds of training (summed over resumes): stop after the step that crosses it,
+    # with a checkpoint; None: off (train.steps alone decides). Equal-time benchmarks set it for every generator.
+    max_seconds: Annotated[float, Range(min=0, min_open=True)] | None = None
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,97 @@ def gain_plot(rows: Sequence[dict], title: str) -> np.ndarray:
         x = x_of(r["dice_gain"])
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
     return np.asarray(image)
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+class _Axes:
+    """A PIL canvas with linear x and y axes, ticks, a title and axis labels."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], title: str, x_label: str, y_label: str,
+                 x_ticks: Sequence[float] | None = None, width: int = 640, height: int = 400,
+                 legend_w: int = 150) -> None:
+        self.left, self.right, self.top, self.bottom = 64, 16 + legend_w, 32, 48
+        self.width, self.height = width, height
+        x_lo, x_hi = min(xs), max(xs)
+        y_lo, y_hi = min(*ys, 0.0), max(*ys, 0.0)
+        xpad, ypad = 0.05 * (x_hi - x_lo or 1.0), 0.08 * (y_hi - y_lo or 1.0)
+        self.x_lo, self.x_hi, self.y_lo, self.y_hi = x_lo - xpad, x_hi + xpad, y_lo - ypad, y_hi + ypad
+        self.image = Image.new("RGB", (width, height), "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.font = ImageFont.load_default()
+        d, axis = self.draw, COLOURS["axis"]
+        d.text((8, 8), title, fill=axis, font=self.font)
+        x0, y0, x1, y1 = self.left, self.top, width - self.right, height - self.bottom
+        d.rectangle([x0, y0, x1, y1], outline=axis)
+        for tick in (x_ticks if x_ticks is not None else np.linspace(x_lo, x_hi, 5)):
+            x = self.x(tick)
+            d.line([(x, y1), (x, y1 + 4)], fill=axis)
+            d.text((x - 10, y1 + 8), f"{tick:g}", fill=axis, font=self.font)
+        for tick in np.linspace(y_lo, y_hi, 5):
+            y = self.y(tick)
+            d.line([(x0, y), (x1, y)], fill=COLOURS["grid"])
+            d.text((4, y - 6), f"{tick:+.3f}", fill=axis, font=self.font)
+        if y_lo <= 0 <= y_hi:
+            d.line([(x0, self.y(0)), (x1, self.y(0))], fill=axis)
+        d.text(((x0 + x1) / 2 - 3 * len(x_label), height - 18), x_label, fill=axis, font=self.font)
+        d.text((8, 20), y_label, fill=axis, font=self.font)
+        self.legend_x, self.legend_y = x1 + 10, y0
+
+    def x(self, value: float) -> float:
+        return self.left + (value - self.x_lo) / (self.x_hi - self.x_lo) * (self.width - self.left - self.right)
+
+    def y(self, value: float) -> float:
+        return self.top + (self.y_hi - value) / (self.y_hi - self.y_lo) * (self.height - self.top - self.bottom)
+
+    def legend(self, label: str, colour: tuple[int, int, int]) -> None:
+        self.draw.rectangle([self.legend_x, self.legend_y + 2, self.legend_x + 8, self.legend_y + 10], fill=colour)
+        self.draw.text((self.legend_x + 12, self.legend_y), label[:22], fill=COLOURS["axis"], font=self.font)
+        self.legend_y += 16
+
+
+def line_plot(series: dict[str, Sequence[tuple[float, float, float, float]]], title: str, x_label: str,
+              y_label: str = "Dice gain") -> np.ndarray:
+    """An RGB image of one line per series through (x, y) points with [low, high] error bars.
+
+    Args:
+        series: name -> [(x, y, low, high), ...]; e.g. per generator, gain vs training patients with its 95% CI.
+    """
+    points = [p for values in series.values() for p in values]
+    if not points:
+        raise ValueError("line_plot needs at least one point")
+    xs = sorted({p[0] for p in points})
+    axes = _Axes(xs, [v for p in points for v in p[1:]], title, x_label, y_label, x_ticks=xs)
+    for i, (name, values) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        values = sorted(values)
+        # Offset each series a little along x so the error bars do not hide each other.
+        shift = (i - (len(series) - 1) / 2) * 4
+        pts = [(axes.x(x) + shift, axes.y(y)) for x, y, _, _ in values]
+        if len(pts) > 1:
+            axes.draw.line(pts, fill=colour, width=2)
+        for (x, _), (_, _, low, high) in zip(pts, values):
+            axes.draw.line([(x, axes.y(low)), (x, axes.y(high))], fill=colour, width=1)
+            axes.draw.line([(x - 3, axes.y(low)), (x + 3, axes.y(low))], fill=colour)
+            axes.draw.line([(x - 3, axes.y(high)), (x + 3, axes.y(high))], fill=colour)
+        for x, y in pts:
+            axes.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        axes.legend(name, colour)
+    return np.asarray(axes.image)
+
+
+def scatter_plot(points: Sequence[tuple[str, float, float]], title: str, x_label: str, y_label: str) -> np.ndarray:
+    """An RGB image of labelled points (name, x, y), one colour per name."""
+    if not points:
+        raise ValueError("scatter_plot needs at least one point")
+    axes = _Axes([p[1] for p in points], [p[2] for p in points], title, x_label, y_label)
+    colours: dict[str, tuple[int, int, int]] = {}
+    for name, x, y in points:
+        if name not in colours:
+            colours[name] = PALETTE[len(colours) % len(PALETTE)]
+            axes.legend(name, colours[name])
+        px, py = axes.x(x), axes.y(y)
+        axes.draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colours[name])
+    return np.asarray(axes.image)

@@ -30,6 +30,7 @@ from toolkit.types import Batch
 
 CHECKPOINT_NAME = "last.pt"
 GRID_SIZE = 32  # pairs per sample grid
+clock = time.perf_counter  # the loop's clock (tests replace it to check the time budget without sleeping)
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,14 +121,21 @@ def train_generator(
     progress: bool = True,
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train ``gen`` on ``train`` for ``settings.steps`` steps.
+    """Train ``gen`` on ``train`` for ``settings.steps`` steps, or until ``settings.max_seconds`` run out.
+
+    The time budget counts training seconds over every resume (the checkpoint
+    carries them); training stops after the step that crosses it, with a
+    checkpoint of that step, and a resumed run whose budget is spent trains
+    no further step.
 
     Args:
         state: a checkpoint from :func:`resume_state` to continue from, or None to start at step 0.
         runtime: precision and memory layout to train with (default: fp32, NCHW).
 
     Returns:
-        A summary: steps done, last logged losses, seconds, steps per second.
+        A summary: steps asked and done (``steps_done``), why it stopped (``stopped``: steps |
+        max_seconds), last logged losses, seconds (this session; ``total_seconds`` over resumes),
+        steps per second.
 
     Raises:
         TrainingDiverged: a loss was NaN or inf (the message names step and loss).
@@ -150,11 +158,12 @@ def train_generator(
         hooks = average_gradients_before_step(gen.optimizers())
 
     # Resume: networks, optimizers, EMA and RNG states from the last checkpoint.
-    start = 0
+    start, spent = 0, 0.0
     if state is not None:
         gen.load_state_dict(state["generator"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        spent = float(state.get("train_seconds", 0.0))  # training seconds of the sessions before this one
         window = {k: list(v) for k, v in state.get("log_window", {}).items()}  # a log window the checkpoint cut
         if dist_info.rank > 0:
             # The checkpoint holds rank 0's RNG states; other ranks continue from their own seed.
@@ -177,9 +186,15 @@ def train_generator(
 
     gen.train()
     last_logged: dict[str, float] = {}
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
-               disable=not (progress and dist_info.is_main), dynamic_ncols=True)
+    budget = settings.max_seconds
+    t0 = clock()
+    out_of_time = budget is not None and spent >= budget  # a resumed run whose budget is already spent
+    if out_of_time:
+        runlog.info(f"train.max_seconds={budget:g}: the budget was spent at step {start} ({spent:.1f} s); "
+                    "no further step")
+    done = start
+    bar = tqdm(range(start, steps if not out_of_time else start), initial=start, total=steps, desc="train",
+               unit="step", disable=not (progress and dist_info.is_main), dynamic_ncols=True)
     with StopRequests(enabled=not dist_info.enabled) as stop:
         for step in bar:
             # One optimisation step on this step's batch.
@@ -196,9 +211,12 @@ def train_generator(
                     )
                 window.setdefault(name, []).append(value)
             done = step + 1
+            # Time budget: this step crossed it (every rank follows rank 0's clock, so all stop together).
+            out_of_time = budget is not None and _over_budget(spent + clock() - t0, budget, dist_info, gen.device)
+            last = done == steps or out_of_time
 
             # Log: mean of each loss over the window.
-            if done % log_every == 0 or done == steps:
+            if done % log_every == 0 or last:
                 last_logged = {k: sum(v) / len(v) for k, v in window.items()}
                 window.clear()
                 if dist_info.is_main:
@@ -206,7 +224,7 @@ def train_generator(
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(last_logged.items())[:4]})
 
             # Samples: a fixed-seed grid, comparable across steps.
-            if dist_info.is_main and writer is not None and (done % sample_every == 0 or done == steps):
+            if dist_info.is_main and writer is not None and (done % sample_every == 0 or last):
                 fake = sampler(GRID_SIZE, torch.Generator().manual_seed(seed + 11))
                 writer.add_image("samples/real_vs_synthetic", real_vs_synthetic_grid(real, fake), done)
                 writer.add_histogram("mask_area/synthetic", fake.mask.mean(dim=(1, 2, 3)), done)
@@ -216,9 +234,13 @@ def train_generator(
                 gen.train()
 
             # Checkpoint: atomic, with RNG states so a resumed run continues exactly; also when asked to stop.
-            if dist_info.is_main and (done % checkpoint_every == 0 or done == steps or stop.signal is not None):
-                save_checkpoint({"step": done, "generator": gen.state_dict(), "rng": rng_state(), "log_window": window},
-                                ckpt)
+            if dist_info.is_main and (done % checkpoint_every == 0 or last or stop.signal is not None):
+                save_checkpoint({"step": done, "generator": gen.state_dict(), "rng": rng_state(), "log_window": window,
+                                 "train_seconds": spent + clock() - t0}, ckpt)
+            if out_of_time:
+                runlog.info(f"train.max_seconds={budget:g}: stopped after step {done} of {steps} "
+                            f"({spent + clock() - t0:.1f} s of training); checkpoint written to {ckpt}")
+                break
             if stop.signal is not None:
                 bar.close()
                 name = signal.Signals(stop.signal).name
@@ -230,16 +252,30 @@ def train_generator(
         for hook in hooks:
             hook.remove()
 
-    seconds = time.perf_counter() - t0
-    trained = steps - start
+    seconds = clock() - t0
+    trained = done - start
     return {
         "steps": steps,
+        "steps_done": done,
+        "stopped": "max_seconds" if out_of_time else "steps",
+        "max_seconds": budget,
         "trained_steps": trained,
         "resumed_from": start,
         "seconds": round(seconds, 2),
+        "total_seconds": round(spent + seconds, 2),
         "steps_per_second": round(trained / seconds, 3) if seconds > 0 and trained else None,
         "losses": last_logged,
     }
+
+
+def _over_budget(elapsed: float, budget: float, dist_info: DistInfo, device: torch.device) -> bool:
+    """Whether ``elapsed`` training seconds reached ``budget``; under DDP rank 0 decides for every rank."""
+    over = elapsed >= budget
+    if dist_info.enabled:
+        flag = torch.tensor([float(over)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def real_vs_synthetic_grid(real: Batch, fake: Batch) -> torch.Tensor:

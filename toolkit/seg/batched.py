@@ -503,6 +503,12 @@ def train_unets(
     if processes == 1 or device.type != "cpu":
         return _train_here(jobs, val, config, device, log, grouped, block)
 
+    try:
+        pickle.dumps(jobs)
+    except Exception as exc:  # noqa: BLE001 - say what must change, before any process starts
+        raise TypeError(f"train_unets(processes={processes}): the jobs must pickle to reach the worker "
+                        "processes (a pool transform must be a module-level function or a functools.partial, "
+                        f"not a lambda or a local function): {exc}") from exc
     threads = max(1, torch.get_num_threads() // processes) if threads is None else int(threads)
     chunks = [[jobs[i] for i in chunk] for chunk in _chunks(len(jobs), processes)]
     outputs = _run_in_processes(chunks, (val, config, threads, torch.are_deterministic_algorithms_enabled(),

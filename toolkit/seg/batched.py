@@ -502,6 +502,13 @@ def train_unets(
         grouped = device.type == "cuda"
     if processes == 1 or device.type != "cpu":
         return _train_here(jobs, val, config, device, log, grouped, block)
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:  # may not start workers: one by one here (grouped=False: the same results)
+        from toolkit.runtime import reproducible
+
+        with reproducible(threads):
+            return _train_here(jobs, val, config, device, log, grouped, block)
 
     try:
         pickle.dumps(jobs)

@@ -13,8 +13,11 @@ Protocol (docs/evaluation.md has the full text):
    additionally blurred to its sharpness (``blurred_real``); the positive
    control ``extra_real``: real pairs of patients outside every split.
 
-Every arm selects its best state on real validation Dice and is scored by
-3D Dice per test patient. The primary metric is the mean paired gain
+All U-Nets of one evaluation (the baselines not cached yet included) train
+together through ``toolkit.seg.batched.train_unets``: on a CPU, under
+``seg.processes`` (default auto), in 1-thread worker processes, each U-Net
+bit-for-bit ``train_unet``'s at one thread. Every arm selects its best state
+on real validation Dice and is scored by 3D Dice per test patient. The primary metric is the mean paired gain
 (augmented - baseline) over seeds and test patients, with a two-way bootstrap
 95% CI, a Wilcoxon signed-rank p-value, and what this design can resolve: the
 CI half-width and the minimum detectable effect at 80% power (from the

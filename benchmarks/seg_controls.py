@@ -61,9 +61,11 @@ def row(design: str, name: str, m: dict, prefix: str, seconds: float | None, n_t
     def f(key: str) -> str:
         return f"{m[f'{prefix}{key}']:+.3f}"
 
-    wall = f"{seconds:.0f}" if seconds is not None else "(same evaluation)"
-    return (f"| {design} | {name} | {n_test} | {f('')} | [{f('_ci_low')}, {f('_ci_high')}] | "
-            f"{m[f'{prefix}_ci_halfwidth']:.3f} | {m[f'{prefix}_mde80']:.3f} | "
+    wall = (f"{seconds:.0f} ({int(m['processes'])} x {int(m['threads'])} thr)" if seconds is not None
+            else "(same evaluation)")
+    components = " / ".join(f"{m[f'{prefix}_var_{c}'] ** 0.5:.3f}" for c in ("seed", "patient", "residual"))
+    return (f"| {design} | {name} | {int(m['seeds'])} | {n_test} | {f('')} | [{f('_ci_low')}, {f('_ci_high')}] | "
+            f"{m[f'{prefix}_ci_halfwidth']:.3f} | {m[f'{prefix}_mde80']:.3f} | {components} | "
             f"{'yes' if m[f'{prefix}_ci_low'] > 0 or m[f'{prefix}_ci_high'] < 0 else 'no'} | {wall} |")
 
 
@@ -71,6 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--designs", default="before,after")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "seg_controls.md"))
+    parser.add_argument("--keep", default=None, help="keep the evaluations' folders (per_patient.csv) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     load_before = os.getloadavg()
@@ -82,6 +86,8 @@ def main() -> None:
                           np.arange(len(data.train), dtype=np.int64))
         n_test = len(data.test.patients())
         with tempfile.TemporaryDirectory() as tmp:
+            if args.keep:
+                tmp = str(Path(args.keep) / design)
             cache = Path(tmp) / "cache"
             m, seconds = evaluate(config, data, oracle, cache, Path(tmp) / "oracle", [])
             rows.append(row(design, "oracle copies (baselines trained here)", m, "dice_gain", seconds, n_test))
@@ -95,8 +101,9 @@ def main() -> None:
     env = environment()
     flags = open("/proc/cpuinfo").read()
     isa = ", ".join(f for f in ("avx2", "avx512_bf16", "amx_bf16") if f in flags)
-    table = ["| design | synthetic set / arm | test patients | gain | 95% CI | CI half-width | MDE (80%) | "
-             "CI excludes 0 | wall s |", "|---|---|---:|---:|---|---:|---:|---|---:|", *rows]
+    table = ["| design | synthetic set / arm | U-Net seeds | test patients | gain | 95% CI | CI half-width | "
+             "MDE (80%) | sd seed / patient / residual | CI excludes 0 | wall s |",
+             "|---|---|---:|---:|---:|---|---:|---:|---|---|---:|", *rows]
     command = "python benchmarks/seg_controls.py --designs " + args.designs + "".join(
         f" --set {o}" for o in args.overrides)
     text = (f"# dice_gain controls on the phantom: what the protocol can resolve\n\nCommand: `{command}` "
@@ -104,10 +111,11 @@ def main() -> None:
             f"{env['torch_threads']} threads, load average {load_before[0]:.2f} before, "
             f"{os.getloadavg()[0]:.2f} after. Quick profile: seg {config.seg.steps} steps, batch "
             f"{config.seg.batch_size}, base {config.seg.base_channels} channels, precision {config.seg.precision}; "
-            f"dice_gain seeds {config['evaluators']['dice_gain'].get('seeds')}, 4 training patients.\n\n"
+            f"dice_gain seeds {config['evaluators']['dice_gain'].get('seeds')}, 4 training patients, seg.processes "
+            f"{config.seg.processes}, seg.threads {config.seg.threads}.\n\n"
             + "\n".join(table) + "\n")
     print(text)
-    (Path(__file__).resolve().parent / "results" / "seg_controls.md").write_text(text)
+    Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,18 @@ configs/profiles/quick.yaml: batch 16, base 8, depth 4, precision auto, channels
 on the phantom's quick split (4 training patients), for the 9 U-Nets of one dice_gain evaluation
 (3 arms x 3 seeds: baseline = real, augmented = real + noise pairs, tstr = noise pairs):
 
-- today: ``train_unet`` for each of the 9 jobs, one after another;
-- batched: ``toolkit.seg.batched.train_unets`` on the 9 jobs: one by one in ``--threads`` processes of one
-  thread each (its CPU default); as one grouped-convolution network in this process; and as one grouped
-  network per process (the process rows need ``--threads`` > 1);
+- today: ``train_unet`` for each of the 9 jobs, one after another, at ``--threads`` threads (what
+  dice_gain did before ``seg.processes``);
+- dice_gain now: ``toolkit.seg.batched.train_unets(processes=--threads, threads=1)``: one by one in
+  ``--threads`` spawned processes of one thread each (``seg.processes: auto`` on an idle machine; each
+  U-Net bit-for-bit ``train_unet``'s at 1 thread), spawning included in its wall time;
 - MONAI ``BasicUNet`` (features 16-16-32-64-128-16: about the base-8 U-Net's parameters; its other
   defaults: instance norm, LeakyReLU, deconv) in the same training loop, one by one, on the first
   ``--monai-models`` jobs (throughput per model does not depend on how many run one after another);
-  skipped when monai is not installed (a benchmark-only dependency).
+  skipped when monai is not installed (a benchmark-only dependency);
+- on a CPU with native bf16: the first two paths again in fp32 (the bf16 vs fp32 comparison);
+- with ``--grouped``: one grouped-convolution network of the 9 U-Nets in this process, and one per
+  process (measured slower per model on CPUs, so off by default).
 
 Throughput = U-Net training steps per second per evaluation = (models x steps) / wall seconds,
 validation included. Each path's models are scored on the test patients, so the table also shows
@@ -140,7 +144,7 @@ def train_monai(pools: list[Pool], val, config, seed: int) -> TrainResult:
     return TrainResult(model, best_step, best_dice, time.perf_counter() - start, [])
 
 
-def evaluation_rows(steps: int, threads: int, monai_models: int) -> tuple[str, list[tuple]]:
+def evaluation_rows(steps: int, threads: int, monai_models: int, grouped: bool = False) -> tuple[str, list[tuple]]:
     """Train the 9 U-Nets of one evaluation each way; (description, rows of name, models, wall s, Dice...)."""
     config = resolve(profile="quick", overrides=["split.n_train_patients=4"])
     seg = dataclasses.replace(config.seg, steps=steps)
@@ -161,34 +165,45 @@ def evaluation_rows(steps: int, threads: int, monai_models: int) -> tuple[str, l
 
     rows = []
     names = [arm for arm, _ in jobs]
-    with reproducible(threads):
+    fp32 = dataclasses.replace(seg, precision="fp32")
+    precision = "bf16" if amp is torch.bfloat16 else "fp32"
+
+    def timed(name: str, n: int, train) -> None:
         start = time.perf_counter()
-        one = [train_unet(job.pools, data.val, seg, job.seed) for _, job in jobs]
-        rows.append(("today: train_unet one by one", len(jobs), time.perf_counter() - start,
-                     dice_by_arm(one, names), [r.best_val_dice for r in one]))
-        variants = [(f"train_unets(processes={threads}): one by one in {threads} processes x 1 thread",
-                     {"processes": threads, "grouped": False}),
-                    (f"train_unets(grouped=True): one grouped network, 1 process x {threads} threads",
-                     {"grouped": True}),
-                    (f"train_unets(processes={threads}, grouped=True): {threads} grouped networks x 1 thread",
-                     {"processes": threads, "grouped": True})]
-        for name, kwargs in variants:
-            if kwargs.get("processes", 1) > 1 and threads < 2:
-                continue
-            start = time.perf_counter()
-            batched = train_unets([job for _, job in jobs], data.val, seg, **kwargs)
-            rows.append((name, len(jobs), time.perf_counter() - start, dice_by_arm(batched, names),
-                         [r.best_val_dice for r in batched]))
+        results = train()
+        rows.append((name, n, time.perf_counter() - start, dice_by_arm(results, names[:n]),
+                     [r.best_val_dice for r in results]))
+        print(f"{name}: {rows[-1][2]:.1f} s", flush=True)
+
+    all_jobs = [job for _, job in jobs]
+    with reproducible(threads):
+        # The reference first: what dice_gain did before seg.processes (train_unet one by one, all threads).
+        timed(f"today: train_unet one by one, 1 process x {threads} threads, {precision}", len(jobs),
+              lambda: [train_unet(job.pools, data.val, seg, job.seed) for job in all_jobs])
+        if threads > 1:
+            # What dice_gain does now (seg.processes auto on an idle machine): one 1-thread process per core.
+            timed(f"dice_gain now: train_unets(processes={threads}, threads=1), {precision}", len(jobs),
+                  lambda: train_unets(all_jobs, data.val, seg, processes=threads, threads=1))
         try:
             import monai  # noqa: F401
         except ImportError:
             print("monai is not installed: skipping the BasicUNet row (pip install monai)")
         else:
             n = min(monai_models, len(jobs))
-            start = time.perf_counter()
-            mon = [train_monai(job.pools, data.val, seg, job.seed) for _, job in jobs[:n]]
-            rows.append((f"MONAI BasicUNet one by one (first {n} jobs)", n, time.perf_counter() - start,
-                         dice_by_arm(mon, names[:n]), [r.best_val_dice for r in mon]))
+            timed(f"MONAI BasicUNet one by one (first {n} jobs), 1 process x {threads} threads, {precision}", n,
+                  lambda: [train_monai(job.pools, data.val, seg, job.seed) for job in all_jobs[:n]])
+        if amp is not None:  # the same two paths without bf16 autocast
+            timed(f"today: train_unet one by one, 1 process x {threads} threads, fp32", len(jobs),
+                  lambda: [train_unet(job.pools, data.val, fp32, job.seed) for job in all_jobs])
+            if threads > 1:
+                timed(f"train_unets(processes={threads}, threads=1), fp32", len(jobs),
+                      lambda: train_unets(all_jobs, data.val, fp32, processes=threads, threads=1))
+        if grouped:  # measured slower per model on CPUs (see the notes); off unless asked for
+            timed(f"train_unets(grouped=True): one grouped network, 1 process x {threads} threads, {precision}",
+                  len(jobs), lambda: train_unets(all_jobs, data.val, seg, grouped=True))
+            if threads > 1:
+                timed(f"train_unets(processes={threads}, grouped=True): {threads} grouped networks x 1 thread",
+                      len(jobs), lambda: train_unets(all_jobs, data.val, seg, processes=threads, grouped=True))
     params = {"U-Net base 8": sum(p.numel() for p in UNet(1, 1, seg.base_channels, seg.depth, seg.norm).parameters())}
     try:
         params["BasicUNet"] = sum(p.numel() for p in monai_unet().parameters())
@@ -231,12 +246,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--eval-steps", type=int, default=300, help="steps per U-Net in part 2 (0: skip it)")
     parser.add_argument("--monai-models", type=int, default=3, help="BasicUNet jobs timed in part 2")
+    parser.add_argument("--grouped", action="store_true", help="part 2: also time the grouped-convolution paths")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows = [(name, images_per_second(cl, dt, args.steps)) for name, (cl, dt) in VARIANTS.items()] if args.steps else []
     load_mid = os.getloadavg()
-    described, eval_rows = evaluation_rows(args.eval_steps, args.threads, args.monai_models) if args.eval_steps \
+    described, eval_rows = evaluation_rows(args.eval_steps, args.threads, args.monai_models, args.grouped) if args.eval_steps \
         else ("", [])
     load_after = os.getloadavg()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -262,7 +278,7 @@ def main() -> None:
     out.write_text(
         "# Segmenter training speed\n\n"
         f"Command: `python benchmarks/seg_speed.py --threads {args.threads} --steps {args.steps} "
-        f"--eval-steps {args.eval_steps} --monai-models {args.monai_models}`\n\n"
+        f"--eval-steps {args.eval_steps} --monai-models {args.monai_models}{' --grouped' if args.grouped else ''}`\n\n"
         f"{header}\n\n{text}\n"
     )
 

@@ -115,14 +115,14 @@ def oracle_and_noise(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("oracle")
     calls = []
-    real_train = baseline_module.train_unet
+    real_add = baseline_module.BaselineStore.add
 
-    def counting_train(*args, **kwargs):
-        calls.append(args[3] if len(args) > 3 else kwargs["seed"])
-        return real_train(*args, **kwargs)
+    def counting_add(self, seed, result):  # every freshly trained baseline is added to the store
+        calls.append(seed)
+        return real_add(self, seed, result)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(baseline_module, "train_unet", counting_train)
+        mp.setattr(baseline_module.BaselineStore, "add", counting_add)
         oracle_ctx = make_ctx(tmp / "oracle", as_synthetic(ellipse_patients(3, seed=1, prefix="train")),
                               cache=tmp / "cache", writer=FakeWriter(), seg=LEARNS_SEG)
         oracle = evaluator(**LEARNS).evaluate(oracle_ctx)
@@ -197,7 +197,7 @@ def test_same_seed_same_results_and_threads_restored(tmp_path):
     assert torch.are_deterministic_algorithms_enabled() == before_det
     assert first["threads"] == 1 and first["baselines_trained"] == 1 == second["baselines_trained"]
     for key in first:
-        if key != "seconds":
+        if key not in ("seconds", "train_seconds"):
             assert first[key] == second[key] or (np.isnan(first[key]) and np.isnan(second[key])), key
     table = "dice_gain/per_patient.csv"
     assert (tmp_path / "a/run" / table).read_text() == (tmp_path / "b/run" / table).read_text()
@@ -283,3 +283,29 @@ def test_extra_real_positive_control_reports_its_gain_with_a_ci(tmp_path):
         assert np.isfinite(metrics[key]), key
     assert metrics["extra_real_gain"] == pytest.approx(metrics["dice_extra_real"] - metrics["dice_baseline"])
     assert metrics["dice_gain_mde80"] > 0 and metrics["dice_gain_ci_halfwidth"] >= 0
+
+
+def test_two_worker_processes_give_the_in_process_results_and_share_its_cache(tmp_path):
+    """seg.processes=2 (two spawned 1-thread workers) == one process at 1 thread, metric for metric; the
+    baselines get the same cache key (file name), so either path reuses the other's."""
+    import dataclasses
+
+    synthetic = noise_set(16, seed=9)
+    settings = {"spread": dataclasses.replace(TINY_SEG, threads=None, processes=2),
+                "here": dataclasses.replace(TINY_SEG, threads=1, processes=1)}
+    results, files, tables = {}, {}, {}
+    for name, seg in settings.items():
+        ctx = make_ctx(tmp_path / name, synthetic, seg=seg)
+        ctx.extra = ellipse_patients(2, seed=4, prefix="extra")
+        # blurred_real's transform and the extra pool have to travel to the workers
+        results[name] = evaluator(seeds=2, controls=["blurred_real", "extra_real"]).evaluate(ctx)
+        files[name] = sorted(p.name for p in (ctx.cache_dir / "seg_baselines").glob("*.pt"))
+        tables[name] = (ctx.run_dir / "dice_gain" / "per_patient.csv").read_text()
+    spread, here = results["spread"], results["here"]
+    assert spread["processes"] == 2 and here["processes"] == 1 and spread["threads"] == here["threads"] == 1
+    assert spread["baselines_trained"] == here["baselines_trained"] == 2
+    for key in spread:
+        if key not in ("seconds", "train_seconds", "processes"):
+            assert spread[key] == here[key] or (np.isnan(spread[key]) and np.isnan(here[key])), key
+    assert tables["spread"] == tables["here"]
+    assert len(files["spread"]) == 2 and files["spread"] == files["here"]

@@ -13,6 +13,8 @@ Tolerances (measured on this suite's tiny task, 32 x 32, base 4, depth 2, 1 thre
 from __future__ import annotations
 
 import dataclasses
+import functools
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from test_dice_gain import ellipse_patients, noise_set
 from toolkit.nn.unet import UNet
 from toolkit.runtime import reproducible
 from toolkit.seg.batched import GroupedUNet, Job, grouped_loss, pack_states, train_unets, unpack_state
+from toolkit.seg.controls import blur
 from toolkit.seg.predict import score_patients, volume_dice
 from toolkit.seg.train import Pool, dice_bce_loss, train_unet
 from toolkit.settings import SegSettings
@@ -169,7 +172,9 @@ def test_cpu_default_is_train_unet_one_by_one(data):
             assert torch.equal(value, b.model.state_dict()[key]), key
 
 
-@pytest.mark.parametrize("grouped", [False, pytest.param(True, marks=pytest.mark.slow)])
+# False is also covered end to end (every metric vs the in-process path) in tests/test_dice_gain.py
+@pytest.mark.parametrize("grouped", [pytest.param(False, marks=pytest.mark.slow),
+                                     pytest.param(True, marks=pytest.mark.slow)])
 def test_processes_split_the_jobs_and_match_in_process_chunks(data, grouped):
     """Two spawned processes of one thread each give bit-for-bit the in-process result of each chunk."""
     train, val = data
@@ -188,3 +193,17 @@ def test_processes_split_the_jobs_and_match_in_process_chunks(data, grouped):
             assert torch.equal(value, b.model.state_dict()[key]), key
     with pytest.raises(ValueError, match="processes"):
         train_unets(jobs, val, cfg, processes=0)
+
+
+def test_a_failing_worker_is_reported_and_ends_every_worker(data):
+    """A worker's exception comes back with its traceback and names the worker; no worker outlives the call."""
+    train, val = data
+    with pytest.raises(TypeError, match="must pickle.*lambda"):  # refused before any process starts
+        train_unets([Job([Pool.of(train, transform=lambda x: x)], 0), Job([Pool.of(train)], 1)], val, TINY,
+                    processes=2)
+    bad = Job([Pool.of(train, transform=functools.partial(blur, sigma="wide"))], 7)  # fails in the worker
+    with reproducible(2), pytest.raises(TypeError) as info:
+        train_unets([Job([Pool.of(train)], 0), bad], val, TINY, processes=2)
+    assert "raised in segmenter worker 2 of 2 (U-Net seeds [7])" in info.value.__notes__
+    assert "Traceback" in str(info.value.__cause__) and "blur" in str(info.value.__cause__)
+    assert multiprocessing.active_children() == []

@@ -161,11 +161,17 @@ class SegSettings(Section):
     precision: Precision = "auto"  # auto: bf16 where the hardware runs it natively, else fp32
     channels_last: bool = True  # NHWC layout (faster convolutions on CPUs with oneDNN)
     threads: PositiveInt | None = None  # CPU threads while training/evaluating U-Nets; None: the current count
+    # CPU: train an evaluation's U-Nets in this many spawned processes of one thread each (results are
+    # train_unet's at 1 thread, whatever the count). auto: the idle cores when threads is None, else 1
+    # (in this process at `threads`). 1: in this process at the current count (`threads`).
+    processes: PositiveInt | Literal["auto"] = "auto"
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings that decide the weights (threads are keyed separately, as the count in effect)."""
+        """The settings that decide the weights (threads are keyed separately, as the count in effect;
+        processes do not change a U-Net's weights, only how many train at once)."""
         out = dataclasses.asdict(self)
         out.pop("threads")
+        out.pop("processes")
         return out
 
 

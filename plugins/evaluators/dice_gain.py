@@ -13,8 +13,11 @@ Protocol (docs/evaluation.md has the full text):
    additionally blurred to its sharpness (``blurred_real``); the positive
    control ``extra_real``: real pairs of patients outside every split.
 
-Every arm selects its best state on real validation Dice and is scored by
-3D Dice per test patient. The primary metric is the mean paired gain
+All U-Nets of one evaluation (the baselines not cached yet included) train
+together through ``toolkit.seg.batched.train_unets``: on a CPU, under
+``seg.processes`` (default auto), in 1-thread worker processes, each U-Net
+bit-for-bit ``train_unet``'s at one thread. Every arm selects its best state
+on real validation Dice and is scored by 3D Dice per test patient. The primary metric is the mean paired gain
 (augmented - baseline) over seeds and test patients, with a two-way bootstrap
 95% CI, a Wilcoxon signed-rank p-value, and what this design can resolve: the
 CI half-width and the minimum detectable effect at 80% power (from the
@@ -23,6 +26,7 @@ measured seed, patient and residual variance components).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -36,11 +40,12 @@ from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
 from toolkit.runtime import reproducible, resolve_precision
 from toolkit.schema import PositiveFloat, PositiveInt, Range
+from toolkit.seg.batched import Job, plan, train_unets
 from toolkit.seg.controls import CONTROLS, blur, gland_share_weights, match_sharpness
 from toolkit.seg.predict import predict_probs, score_patients
 from toolkit.seg.report import per_patient_plot, save_png, write_csv
 from toolkit.seg.stats import movers, paired_summary
-from toolkit.seg.train import Pool, TrainResult, train_unet
+from toolkit.seg.train import Pool, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +103,9 @@ class DiceGain(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         _check_sets(ctx)
-        with reproducible(ctx.seg.threads, ctx.device) as threads:
-            return self._evaluate(ctx, threads)
+        how = plan(ctx.seg, ctx.device)  # seg.processes / seg.threads: U-Nets at once, threads per U-Net
+        with reproducible(how.threads, ctx.device) as threads:
+            return self._evaluate(ctx, threads, how.processes)
 
     def _arms(self, ctx: EvalContext) -> tuple[dict[str, list[Pool]], dict[str, float]]:
         """The training pools of every non-baseline arm, and facts about the controls."""
@@ -127,7 +133,7 @@ class DiceGain(Evaluator):
                 arms["blurred_real"] = [
                     Pool.of(real, name="real"),
                     Pool.of(real, share=self.ratio, weights=weights, name="blurred_real",
-                            transform=lambda x, s=sigma: blur(x, s)),
+                            transform=functools.partial(blur, sigma=sigma)),  # picklable for workers
                 ]
             if "extra_real" in self.controls:
                 if ctx.extra is None or len(ctx.extra) == 0:
@@ -138,7 +144,7 @@ class DiceGain(Evaluator):
                                       Pool.of(ctx.extra, share=self.ratio, name="extra_real")]
         return arms, info
 
-    def _evaluate(self, ctx: EvalContext, threads: int) -> dict[str, float]:
+    def _evaluate(self, ctx: EvalContext, threads: int, processes: int) -> dict[str, float]:
         started = time.perf_counter()
         out_dir = ctx.run_dir / "dice_gain"
         seg = ctx.seg
@@ -149,20 +155,33 @@ class DiceGain(Evaluator):
         arm_names = ["baseline", *arms]
         patients = ctx.test.patients()
 
-        # Train every arm for every seed and score it on the test patients.
+        # Train every U-Net of the evaluation together: the baselines not yet cached, and every other arm
+        # for every seed (seg.processes: spread over worker processes; each job is train_unet's own result).
+        missing = ctx.baselines.missing(seeds)
+        names = [("baseline", seed) for seed in missing] + [(arm, seed) for seed in seeds for arm in arms]
+        jobs = [ctx.baselines.job(seed) for seed in missing] + [Job(arms[arm], seed) for seed in seeds
+                                                                for arm in arms]
+        train_started = time.perf_counter()
+        trained_models = dict(zip(names, train_unets(jobs, ctx.val, seg, ctx.device, processes=processes,
+                                                     threads=threads)))
+        train_seconds = time.perf_counter() - train_started
+        log.info("dice_gain: %d U-Nets trained in %.0f s (%d process(es) x %d thread(s))", len(jobs),
+                 train_seconds, min(processes, max(len(jobs), 1)), threads)
+        for seed in missing:
+            ctx.baselines.add(seed, trained_models[("baseline", seed)])
+
+        # Score every arm and seed on the test patients.
         dice = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
         hd = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
         rows, arm_rows = [], []
-        baselines_trained = 0
         baseline_models: list[TrainResult] = []  # seed order
         for i, seed in enumerate(seeds):
             for arm in arm_names:
                 if arm == "baseline":
-                    result, trained = ctx.baselines.get(seed)
-                    baselines_trained += int(trained)
+                    result, trained = ctx.baselines.get(seed)[0], seed in missing
                     baseline_models.append(result)
                 else:
-                    result, trained = train_unet(arms[arm], ctx.val, seg, seed, ctx.device), True
+                    result, trained = trained_models[(arm, seed)], True
                 log.info("dice_gain: seed %d %s: val Dice %.3f at step %d (%s, %.0f s)", seed, arm,
                          result.best_val_dice, result.best_step, "trained" if trained else "cached",
                          result.seconds)
@@ -176,6 +195,7 @@ class DiceGain(Evaluator):
                     "best_step": result.best_step, "best_val_dice": float(result.best_val_dice),
                     "train_seconds": float(result.seconds), "trained_now": int(trained),
                 })
+        baselines_trained = len(missing)
 
         # Statistics: the gain and its uncertainty, per arm summaries, controls.
         gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=0)
@@ -203,6 +223,8 @@ class DiceGain(Evaluator):
         metrics.update({k: float(v) for k, v in info.items()})
         metrics.update({
             "threads": float(threads),
+            "processes": float(min(processes, max(len(jobs), 1))),
+            "train_seconds": train_seconds,
             "seeds": float(len(seeds)),
             "steps": float(seg.steps),
             "ratio": self.ratio,

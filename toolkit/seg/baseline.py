@@ -4,8 +4,12 @@ Ranking N generators compares each against the same baselines, so they are
 trained once and kept on disk under ``cache_dir/seg_baselines/``. The key
 hashes everything that decides the trained weights: the data fingerprint,
 the train and validation slices, the segmenter settings, the seed, the
-resolved precision, the device type and the CPU thread count (a different
-thread count gives different weights).
+resolved precision, the device type and the CPU thread count per U-Net (a
+different thread count gives different weights). Under ``seg.processes``
+(auto, or N > 1) each U-Net trains at one thread, in a worker process or in
+this one: the weights are the same either way, so are the key and the file.
+Missing baselines train together (:meth:`BaselineStore.get_many`), or with
+the other arms of a ``dice_gain`` evaluation (:meth:`BaselineStore.add`).
 
 One :class:`BaselineStore` lives on the evaluation context (and serves the
 generator's ``TrainContext.segmenter``): ``dice_gain``'s baseline arm and the
@@ -23,7 +27,8 @@ import torch
 from toolkit.data.slices import SliceSet
 from toolkit.io import atomic_write
 from toolkit.runtime import reproducible, resolve_precision
-from toolkit.seg.train import Pool, TrainResult, build_unet, train_unet
+from toolkit.seg.batched import Job, plan, train_unets, unet_threads
+from toolkit.seg.train import Pool, TrainResult, build_unet
 from toolkit.settings import SegSettings
 
 #: Bump when training changes in a way the settings do not show, to invalidate old caches.
@@ -31,7 +36,7 @@ CACHE_VERSION = 1
 
 
 class BaselineStore:
-    """Baseline U-Nets by seed: from memory, the disk cache, or freshly trained (under ``seg.threads``).
+    """Baseline U-Nets by seed: from memory, the disk cache, or freshly trained (``seg.threads``/``processes``).
 
     Args:
         train / val: the real training and validation slices.
@@ -71,23 +76,58 @@ class BaselineStore:
     def path(self, key: str) -> Path:
         return self.cache_dir / "seg_baselines" / f"baseline-{key}.pt"
 
+    def _threads(self) -> int | None:
+        """Threads per U-Net under the segmenter settings (None: the current count); the key records it."""
+        return unet_threads(self.seg, self.device)
+
+    def job(self, seed: int) -> Job:
+        """The training job of the baseline for ``seed`` (real training slices only)."""
+        return Job([Pool.of(self.train, name="real")], seed)
+
+    def _lookup(self, seed: int, threads: int) -> TrainResult | None:
+        key = self.key(seed, threads)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.path(key)
+        if path.is_file():
+            self._memory[key] = self._load(path)
+            return self._memory[key]
+        return None
+
+    def missing(self, seeds: list[int]) -> list[int]:
+        """The seeds (in order, once each) whose baseline is neither in memory nor in the disk cache."""
+        with reproducible(self._threads(), self.device) as threads:
+            return [s for s in dict.fromkeys(seeds) if self._lookup(s, threads) is None]
+
+    def add(self, seed: int, result: TrainResult) -> None:
+        """Keep (and cache on disk) a baseline trained elsewhere, e.g. with other U-Nets by ``train_unets``.
+
+        It must have been trained from :meth:`job` with these settings at :meth:`_threads` threads
+        per U-Net (what ``dice_gain`` does); the key records that count.
+        """
+        with reproducible(self._threads(), self.device) as threads:
+            key = self.key(seed, threads)
+            self._save(self.path(key), result, seed)
+            self._memory[key] = result
+            self.trained += 1
+
+    def get_many(self, seeds: list[int]) -> list[tuple[TrainResult, bool]]:
+        """The baselines for ``seeds`` and whether this call trained each; the missing ones train together
+        (``seg.processes``: in parallel processes on a CPU)."""
+        todo = self.missing(seeds)
+        if todo:
+            how = plan(self.seg, self.device)
+            with reproducible(how.threads, self.device) as threads:
+                results = train_unets([self.job(s) for s in todo], self.val, self.seg, self.device,
+                                      processes=how.processes, threads=threads)
+            for seed, result in zip(todo, results):
+                self.add(seed, result)
+        with reproducible(self._threads(), self.device) as threads:
+            return [(self._lookup(s, threads), s in todo) for s in seeds]
+
     def get(self, seed: int = 0) -> tuple[TrainResult, bool]:
         """The baseline for ``seed`` and whether this call trained it."""
-        with reproducible(self.seg.threads, self.device) as threads:
-            key = self.key(seed, threads)
-            if key in self._memory:
-                return self._memory[key], False
-            path = self.path(key)
-            if path.is_file():
-                result = self._load(path)
-                trained = False
-            else:
-                result = train_unet([Pool.of(self.train, name="real")], self.val, self.seg, seed, self.device)
-                self._save(path, result, seed)
-                self.trained += 1
-                trained = True
-        self._memory[key] = result
-        return result, trained
+        return self.get_many([seed])[0]
 
     def model(self, seed: int = 0) -> torch.nn.Module:
         """The baseline U-Net for ``seed`` in eval mode (``encode`` gives bottleneck features)."""

@@ -51,7 +51,13 @@ reproducible. ``tests/test_seg_batched.py`` checks both, with tolerances.
 
 from __future__ import annotations
 
+import io
+import os
+import pickle
+import signal
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,13 +302,151 @@ def _train_here(jobs: list[Job], val: SliceSet, config: SegSettings, device: tor
     return results
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How this machine trains one evaluation's U-Nets: how many at once, and threads per U-Net.
+
+    ``threads`` is also the count for inference in the calling process, and the one a baseline's
+    cache key records (None: the current count).
+    """
+
+    processes: int
+    threads: int | None
+
+
+def unet_threads(config: SegSettings, device: torch.device | str = "cpu") -> int | None:
+    """Threads per U-Net under ``seg.threads`` and ``seg.processes`` (see :func:`plan`); None: the current count."""
+    if torch.device(device).type != "cpu":
+        return config.threads
+    if config.processes == "auto":
+        return 1 if config.threads is None else config.threads
+    if config.processes == 1:
+        return config.threads
+    return config.threads or 1
+
+
+def plan(config: SegSettings, device: torch.device | str = "cpu") -> Plan:
+    """Resolve ``seg.processes`` and ``seg.threads`` for ``device``.
+
+    ==========  =========  ==================================================================
+    processes   threads    trains
+    ==========  =========  ==================================================================
+    auto        null       in as many processes as cores are idle now, 1 thread each
+    auto or 1   T          in this process at T threads
+    1           null       in this process at the current thread count (the one-by-one path)
+    N > 1       null or T  in N processes of 1 (or T) threads each
+    ==========  =========  ==================================================================
+
+    With one thread per U-Net the results are ``train_unet``'s at one thread whatever the number of
+    processes (1 included), so ``auto`` gives the same numbers on a busy and on an idle machine.
+    Off the CPU there is one process, at ``threads``.
+    """
+    from toolkit.runtime import default_threads
+
+    threads = unet_threads(config, device)
+    if torch.device(device).type != "cpu":
+        return Plan(1, threads)
+    if config.processes == "auto":
+        return Plan(default_threads() if config.threads is None else 1, threads)
+    return Plan(int(config.processes), threads)
+
+
 def _worker(jobs: list[Job], val: SliceSet, config: SegSettings, threads: int, deterministic: bool,
             grouped: bool, block: int) -> list[tuple]:
-    """One process's share of :func:`train_unets` (spawned; plain data back: state dicts, not modules)."""
+    """One process's share of :func:`train_unets` (plain data back: state dicts, not modules)."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
     return [(r.model.state_dict(), r.best_step, r.best_val_dice, r.seconds, r.history)
             for r in _train_here(jobs, val, config, torch.device("cpu"), None, grouped, block)]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: ask for SIGTERM when the parent dies (even by SIGKILL), so no worker is left orphaned."""
+    if os.getppid() != parent:  # the parent is already gone
+        os._exit(1)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _process_main(conn, parent: int, *args) -> None:
+    """Entry point of a spawned worker: train its chunk, send ("ok", bytes) or ("error", (exc, traceback))."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
+    _die_with_parent(parent)
+    try:
+        buffer = io.BytesIO()
+        torch.save(_worker(*args), buffer)  # exact tensors, no shared-memory handles to outlive this process
+        message = ("ok", buffer.getvalue())
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        text = traceback.format_exc()
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001
+            exc = None
+        message = ("error", (exc, text))
+    conn.send(message)
+    conn.close()
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a segmenter worker process (the cause of the re-raise)."""
+
+
+def _run_in_processes(chunks: list[list[Job]], args: tuple) -> list[list[tuple]]:
+    """Each chunk in its own spawned process; the outputs in chunk order.
+
+    A worker's exception is raised here (with its remote traceback as the cause and a note naming the
+    worker and its seeds); a worker that dies without an answer (killed, out of memory) is a
+    RuntimeError; on any of these, and on KeyboardInterrupt, every worker is terminated and joined.
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    context = mp.get_context("spawn")
+    processes, connections = [], []
+    outputs: list[list[tuple] | None] = [None] * len(chunks)
+    try:
+        for i, chunk in enumerate(chunks):
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_process_main, args=(send, os.getpid(), chunk, *args),
+                                      name=f"ganseg-unets-{i}", daemon=True)
+            process.start()
+            send.close()  # only the worker holds the sending end: its death reads as EOF here
+            processes.append(process)
+            connections.append(receive)
+        pending = dict(enumerate(connections))
+        while pending:
+            for connection in wait(list(pending.values())):
+                i = next(k for k, c in pending.items() if c is connection)
+                del pending[i]
+                where = (f"segmenter worker {i + 1} of {len(chunks)} (U-Net seeds "
+                         f"{[job.seed for job in chunks[i]]})")
+                try:
+                    kind, payload = connection.recv()
+                except EOFError:
+                    processes[i].join(timeout=5)
+                    raise RuntimeError(f"{where} exited with code {processes[i].exitcode} without a result "
+                                       "(killed? out of memory?)") from None
+                if kind == "error":
+                    exc, text = payload
+                    if exc is None:
+                        raise RuntimeError(f"{where} failed:\n{text}")
+                    exc.add_note(f"raised in {where}")
+                    raise exc from WorkerTraceback(f"\n\n{text}")
+                outputs[i] = torch.load(io.BytesIO(payload), weights_only=True)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        for connection in connections:
+            connection.close()
+    return outputs
 
 
 def train_unets(
@@ -314,6 +458,7 @@ def train_unets(
     processes: int = 1,
     grouped: bool | None = None,
     block: int = 1,
+    threads: int | None = None,
 ) -> list[TrainResult]:
     """Train one U-Net per job together; job ``i``'s result is what ``train_unet(jobs[i].pools, val, config,
     jobs[i].seed, device)`` returns, up to floating-point summation order.
@@ -325,45 +470,56 @@ def train_unets(
         device: where to train.
         log: optional callable(job_index, step, loss, val_dice) for progress (with ``processes > 1``: called
             for every validation once all processes are done).
-        processes: CPU only: split the jobs into this many contiguous chunks, each trained as one grouped
-            network in its own spawned process with ``torch.get_num_threads() // processes`` threads (at
-            least 1). On a 2-core CPU two processes of one thread each beat one process of two threads.
-            Results are bit-for-bit reproducible for the same jobs, ``processes`` and thread count, and
-            (like a different thread count) not bit-equal across different ``processes``. Jobs must pickle
-            (a pool ``transform`` must be a module-level function or ``functools.partial``, not a lambda).
+        processes: CPU only: split the jobs into this many contiguous chunks (at most one per job), each
+            trained in its own spawned process with ``threads`` threads. With ``grouped=False`` (the CPU
+            default) each result is then bit-for-bit ``train_unet``'s at that thread count, whatever the
+            number of processes; a grouped chunk's result depends on the chunk. Jobs must pickle (a pool
+            ``transform`` must be a module-level function or ``functools.partial``, not a lambda).
+            Ctrl-C or a failing worker ends every worker; a worker's exception is re-raised here.
         grouped: train each process's jobs as one grouped-convolution network (True) or one after another
             with ``train_unet`` (False: then each job's result is bit-for-bit ``train_unet``'s at the
             process's thread count). None: grouped on CUDA, one after another on a CPU, where the grouped
             network measured slower per model (benchmarks/results/seg_speed.md).
         block: grouped only: models per dense convolution group (see :class:`GroupedUNet`); must divide
             each process's number of jobs.
+        threads: threads per worker process; None: ``torch.get_num_threads() // processes`` (at least 1).
+            Ignored when everything runs in this process (its current count applies).
 
     Returns:
         One TrainResult per job, in job order: a plain :class:`UNet` in eval mode with that job's best
-        validated weights, its best step and val Dice, its history, and ``seconds`` = the joint
-        training's wall time divided by the number of jobs (its share of the compute).
+        validated weights, its best step and val Dice, its history, and ``seconds`` = its training's wall
+        time (grouped: the joint training's wall time divided by the number of jobs, its share).
     """
     if not jobs:
         return []
     if len(val) == 0:
         raise ValueError("the segmenter needs real validation slices for model selection; val is empty")
     device = torch.device(device)
-    processes = min(int(processes), len(jobs))
-    if processes < 1:
+    if int(processes) < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    processes = min(int(processes), len(jobs))
     if grouped is None:
         grouped = device.type == "cuda"
     if processes == 1 or device.type != "cpu":
         return _train_here(jobs, val, config, device, log, grouped, block)
+    import multiprocessing as mp
 
-    import torch.multiprocessing as mp
+    if mp.current_process().daemon:  # may not start workers: one by one here (grouped=False: the same results)
+        from toolkit.runtime import reproducible
 
-    threads = max(1, torch.get_num_threads() // processes)
-    chunks = _chunks(len(jobs), processes)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    with mp.get_context("spawn").Pool(len(chunks)) as pool:
-        outputs = pool.starmap(_worker, [([jobs[i] for i in chunk], val, config, threads, deterministic,
-                                          grouped, block) for chunk in chunks])
+        with reproducible(threads):
+            return _train_here(jobs, val, config, device, log, grouped, block)
+
+    try:
+        pickle.dumps(jobs)
+    except Exception as exc:  # noqa: BLE001 - say what must change, before any process starts
+        raise TypeError(f"train_unets(processes={processes}): the jobs must pickle to reach the worker "
+                        "processes (a pool transform must be a module-level function or a functools.partial, "
+                        f"not a lambda or a local function): {exc}") from exc
+    threads = max(1, torch.get_num_threads() // processes) if threads is None else int(threads)
+    chunks = [[jobs[i] for i in chunk] for chunk in _chunks(len(jobs), processes)]
+    outputs = _run_in_processes(chunks, (val, config, threads, torch.are_deterministic_algorithms_enabled(),
+                                         grouped, block))
     results = []
     for output in outputs:
         for state, best_step, best_dice, seconds, history in output:
@@ -372,7 +528,7 @@ def train_unets(
             if config.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             model.eval()
-            results.append(TrainResult(model, best_step, best_dice, seconds, history))
+            results.append(TrainResult(model, best_step, best_dice, seconds, [tuple(h) for h in history]))
     if log is not None:
         for i, result in enumerate(results):
             for step, loss, val_dice in result.history:
@@ -463,4 +619,5 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
     return results
 
 
-__all__ = ["GroupedUNet", "Job", "UNet", "grouped_volume_dice", "pack_states", "train_unets", "unpack_state"]
+__all__ = ["GroupedUNet", "Job", "Plan", "UNet", "grouped_volume_dice", "pack_states", "plan", "train_unets",
+           "unet_threads", "unpack_state"]

@@ -126,7 +126,10 @@ def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
     assert {"mask_area/real", "mask_area/synthetic"} <= set(tags["histograms"])
 
 
-def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path):
+def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path, request):
+    # Python's own Ctrl-C handler, as in a terminal (a shell's background job starts with SIGINT ignored).
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, original))
     cfg = TrainSettings(steps=8, batch_size=4, log_every=2, sample_every=100, checkpoint_every=4)
     data = make_slices()
 

@@ -40,6 +40,7 @@ from toolkit.data.masks import build_mask_source  # noqa: E402
 from toolkit.experiment import build_generator, prepare_data  # noqa: E402
 from toolkit.plugin import TrainContext  # noqa: E402
 from toolkit.registry import GENERATORS  # noqa: E402
+from toolkit.report import environment  # noqa: E402
 from toolkit.runtime import cpu_supports_bf16, set_threads  # noqa: E402
 from toolkit.train.loop import batch_indices  # noqa: E402
 from toolkit.types import Batch  # noqa: E402
@@ -48,14 +49,13 @@ DEFAULT = "vaegan,vae,pix2pix,stylegan_lite,ddpm,deformed_real"
 
 
 def cpu_line() -> str:
-    model, flags = "?", set()
+    flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
+            break
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, flags {' '.join(wanted)}, native bf16 {cpu_supports_bf16()}"
+    return f"{environment()['cpu']}, flags {' '.join(wanted)}, native bf16 {cpu_supports_bf16()}"
 
 
 def time_generator(name: str, precision: str, args) -> dict:
@@ -126,10 +126,10 @@ def main() -> None:
              f"| generator | precision | batch | s/step (mean) | median | img/s | est. s for the steps | "
              f"vs {names[0]} | bf16 vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        speed = fp32.get(r["generator"], float("nan")) / r["est_s"]
+        speed = f"{fp32[r['generator']] / r['est_s']:.2f}x" if r["generator"] in fp32 else "-"
         lines.append(f"| {r['generator']} | {r['precision']} | {r['batch']} | {r['s_per_step']:.3f} | "
                      f"{r['median']:.3f} | {r['img_s']:.1f} | {r['est_s']:.0f} ({r['steps']}) | "
-                     f"{r['est_s'] / ref[r['precision']]:.2f}x | {speed:.2f}x |")
+                     f"{r['est_s'] / ref[r['precision']]:.2f}x | {speed} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

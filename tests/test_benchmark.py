@@ -139,3 +139,23 @@ def test_hierarchical_bootstrap_covers_draw_spread():
     tight = rng.normal(0.03, 0.002, (4, 2, 3, 10))
     low, high, _ = hierarchical_bootstrap(tight, samples=1000)
     assert 0.02 < low < 0.03 < high < 0.04
+
+
+def test_a_generator_added_later_joins_the_leaderboard_and_keeps_the_finished_cells(bench, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    out = tmp_path / "out"
+    shutil.copytree(bench["dir"], out / "b")
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
+    args = [a if a != "toy,deformed_real" else "vae" for a in ARGS]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--name", "b"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
+    assert {k: after[k] for k in before} == before and sorted(set(after) - set(before)) == [
+        "vae-n2-r1-d0-s0", "vae-n2-r1-d1-s0"]
+    data = json.loads((out / "b" / "leaderboard.json").read_text())
+    assert {r["generator"] for r in data["rows"]} == {"toy", "deformed_real", "vae", BASELINE}
+    assert data["meta"]["baselines_trained"] == 0  # the added generator used the baselines of the others
+    saved = json.loads((out / "b" / "benchmark.json").read_text())["plan"]
+    assert saved["generators"] == ["toy", "deformed_real", "vae"]

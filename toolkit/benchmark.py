@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,23 @@ def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
     return all(saved.get(k, defaults[k]) == v for k, v in current.items()) and set(saved) <= set(current)
 
 
+def _extended_plan(saved: dict[str, Any], plan: Plan) -> Plan | None:
+    """The plan that continues ``saved``: ``plan`` with the saved generators first; None if they differ otherwise.
+
+    A generator added later (a new plugin, or one held back while its config changed) joins the same
+    leaderboard: its cells share the baselines, the split and the budget of the others, whose finished
+    cells are kept.
+    """
+    before = tuple(saved.get("generators", ()))
+    merged = replace(plan, generators=(*before, *(g for g in plan.generators if g not in before)))
+    if not _same_plan({**saved, "generators": list(merged.generators)}, merged):
+        return None
+    if len(merged.generators) > len(before):
+        log.info("benchmark: adding %s to the plan of %s (finished cells are kept)",
+                 ", ".join(merged.generators[len(before):]), ", ".join(before))
+    return merged
+
+
 def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None, jobs: int = 1,
                   executor: tuple[Executor, int] | None = None, plugins: Sequence[str] = ()) -> Path:
     """Run (or continue) the plan's cells and write the leaderboard; returns the benchmark folder.
@@ -287,9 +304,11 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     plan_file = bench / "benchmark.json"
     if plan_file.is_file():
         saved = json.loads(plan_file.read_text())["plan"]
-        if not _same_plan(saved, plan):
+        continued = _extended_plan(saved, plan)
+        if continued is None:
             raise RunError(f"{bench} holds another benchmark plan ({plan_file}); use another --name, or the same "
-                           "options to continue it")
+                           "options (other --generators may be added) to continue it")
+        plan = continued
     else:
         RunDir.create(out, name)
     atomic_write(plan_file, json.dumps({"plan": asdict(plan), "started": time.strftime("%Y-%m-%d %H:%M:%S")},

@@ -60,6 +60,19 @@ from toolkit.registry import GENERATORS
 from toolkit.types import Batch, DataSpec
 
 
+def mismatched_pairs(real: torch.Tensor) -> torch.Tensor:
+    """Real D inputs with each image given the mask of the pair half a batch away; pairs of two empty masks dropped.
+
+    A matching-aware discriminator (Reed et al., ICML 2016, "Generative Adversarial Text to Image
+    Synthesis") that must reject these cannot score a pair by image realism alone: it has to check
+    that the gland sits under the mask, and its gradient then asks the generator for the same.
+    """
+    image, mask = real[:, :-1], real[:, -1:]
+    other = mask.roll(shifts=max(1, len(real) // 2), dims=0)
+    keep = (mask.flatten(1).amax(1) > -1) | (other.flatten(1).amax(1) > -1)  # -1: background after pair_to_input
+    return torch.cat([image, other], dim=1)[keep] if len(real) > 1 else real[:0]
+
+
 @GENERATORS.register("vaegan")
 class VAEGAN(Generator):
     """VAE of (image, mask) pairs with a PatchGAN discriminator and feature matching."""
@@ -96,6 +109,7 @@ class VAEGAN(Generator):
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
         adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
+        mismatch_weight: float = 0.0,  # weight of mismatched real pairs (an image with another slice's mask) as extra fakes for D; 0: off
         diffaug: str = "color",  # DiffAugment policy for D's inputs (color, translation, cutout); "none" disables
         diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
         diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
@@ -120,6 +134,7 @@ class VAEGAN(Generator):
         self.adv_weight = adv_weight
         self.adv_loss_kind = adv_loss
         self.adv_start_step = adv_start_step
+        self.mismatch_weight = mismatch_weight
         self.r1_gamma = r1_gamma
         self.temperature = temperature
         if prior not in ("fitted", "standard"):
@@ -213,6 +228,15 @@ class VAEGAN(Generator):
             d_fake = self.discriminator(fake_aug)[0].float()
         d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
         stats = {"d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        if self.mismatch_weight > 0:
+            mismatched = mismatched_pairs(real)
+            if len(mismatched):
+                (mismatched,) = self.augment(mismatched)
+                with self.autocast():
+                    d_mismatch = self.discriminator(mismatched)[0].float()
+                l_mismatch = losses.d_fake_loss(d_mismatch, self.adv_loss_kind)
+                d_loss = d_loss + self.mismatch_weight * l_mismatch
+                stats.update(d_mismatch=d_mismatch.mean().item(), d_mismatch_loss=l_mismatch.item())
         if self.r1_gamma > 0:
             r1 = losses.r1_penalty(d_real, real_aug)
             d_loss = d_loss + 0.5 * self.r1_gamma * r1

@@ -72,6 +72,15 @@ def nonsat_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
+def d_fake_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
+    """The fake half of the discriminator's loss alone (e.g. for extra negatives such as mismatched pairs)."""
+    if kind == "hinge":
+        return F.relu(1.0 + fake_logits).mean()
+    if kind == "nonsat":
+        return F.softplus(fake_logits).mean()
+    raise ValueError(f"adversarial loss must be 'hinge' or 'nonsat', got {kind!r}")
+
+
 def g_adv_loss(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     """Generator's adversarial loss: ``-D(fake)`` for hinge, ``softplus(-D(fake))`` otherwise."""
     if kind == "hinge":

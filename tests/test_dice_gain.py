@@ -152,6 +152,14 @@ def test_label_fidelity_separates_matching_from_random_masks(oracle_and_noise):
     assert oracle_and_noise["noise"]["label_fidelity_dice"] < 0.3
 
 
+def test_label_fidelity_reference_is_the_same_unet_on_real_pairs(oracle_and_noise):
+    oracle, noise = oracle_and_noise["oracle"], oracle_and_noise["noise"]
+    # The oracle's synthetic set is the real training pairs: its fidelity is the training-slice reference.
+    assert oracle["label_fidelity_dice"] == pytest.approx(oracle["label_fidelity_real_train_dice"], abs=1e-6)
+    for key in ("label_fidelity_real_train_dice", "label_fidelity_real_val_dice"):
+        assert 0.5 < oracle[key] <= 1.0 and oracle[key] == noise[key]  # one U-Net, one real set
+
+
 def test_second_evaluation_trains_no_baseline(oracle_and_noise):
     assert oracle_and_noise["first_calls"] == [0, 1]  # one baseline per seed, trained once
     assert oracle_and_noise["all_calls"] == [0, 1]  # the noise evaluation trained none

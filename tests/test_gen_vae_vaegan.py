@@ -386,3 +386,26 @@ def test_matching_aware_d_learns_to_reject_an_image_with_another_mask() -> None:
             gaps[weight] = (gen.discriminator(real[:64])[0].mean() - gen.discriminator(probe)[0].mean()).item()
         assert ("d_mismatch" in stats) == (weight > 0)
     assert gaps[1.0] > 0.5 and gaps[1.0] > gaps[0.0] + 0.3, gaps
+
+
+def test_mismatched_pairs_do_not_collapse_d_when_fakes_look_real() -> None:
+    """Fakes D cannot tell from real (other real pairs) plus mismatches: D must still check alignment.
+
+    With the mismatches added on top of the fake term (two negatives against one positive), the
+    cheapest D scored everything -1 (real -0.92, mismatched -0.95 here; on the real scans d_loss sat
+    at 2.0 for the whole run). Sharing the fake half (GAN-CLS) keeps real pairs scored real.
+    """
+    from plugins.generators.vaegan import mismatched_pairs
+
+    data, other = ellipse_pairs(128, 32, seed=0), ellipse_pairs(128, 32, seed=1)
+    real, fake = pair_to_input(data.image, data.mask), pair_to_input(other.image, other.mask)
+    torch.manual_seed(0)
+    gen = build("vaegan", size=32, d_channels=16, d_max_channels=64, diffaug="none", mismatch_weight=1.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        i = torch.randint(0, 128, (32,), generator=g)
+        gen.d_step(real[i], fake[i])
+    with torch.no_grad():
+        d_real = gen.discriminator(real[:64])[0].mean().item()
+        d_mismatch = gen.discriminator(mismatched_pairs(real[:64]))[0].mean().item()
+    assert d_real > 0 and d_real - d_mismatch > 1.0, (d_real, d_mismatch)

@@ -109,7 +109,7 @@ class VAEGAN(Generator):
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
         adv_start_step: int = 200,  # steps of plain VAE training before D and the GAN terms start
-        mismatch_weight: float = 0.0,  # weight of mismatched real pairs (an image with another slice's mask) as extra fakes for D; 0: off
+        mismatch_weight: float = 0.0,  # share of mismatched real pairs (an image with another slice's mask) against fakes in D's fake half (w / (1 + w)); 0: off
         diffaug: str = "color",  # DiffAugment policy for D's inputs (color, translation, cutout); "none" disables
         diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
         diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
@@ -235,7 +235,11 @@ class VAEGAN(Generator):
                 with self.autocast():
                     d_mismatch = self.discriminator(mismatched)[0].float()
                 l_mismatch = losses.d_fake_loss(d_mismatch, self.adv_loss_kind)
-                d_loss = d_loss + self.mismatch_weight * l_mismatch
+                # The negatives share the fake half of the loss (GAN-CLS): added on top, two fake terms
+                # against one real would make "everything is fake" (logits -1) D's cheapest answer.
+                l_fake = losses.d_fake_loss(d_fake, self.adv_loss_kind)
+                w = self.mismatch_weight
+                d_loss = (d_loss - l_fake) + (l_fake + w * l_mismatch) / (1 + w)
                 stats.update(d_mismatch=d_mismatch.mean().item(), d_mismatch_loss=l_mismatch.item())
         if self.r1_gamma > 0:
             r1 = losses.r1_penalty(d_real, real_aug)

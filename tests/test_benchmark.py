@@ -45,6 +45,8 @@ def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
         assert len(list(csv.DictReader(f))) == len(rows)
     md = (d / "leaderboard.md").read_text()
     assert "deformed_real" in md and "hierarchical bootstrap" in md and "(real only: baseline)" in md
+    steps = data["meta"]["train_steps"]  # the budget line names the profile's steps, whichever row ranks first
+    assert isinstance(steps, int) and steps > 0 and f"every generator trained {steps} steps" in md
     assert (d / "plots" / "gain_n2_r1.png").is_file()
 
 

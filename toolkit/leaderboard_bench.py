@@ -227,7 +227,8 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
     """leaderboard.md / .csv / .json, the plots (PNG in plots/, the same figures in TensorBoard) in the folder."""
     rows = aggregate(bench, cells)
     budget = getattr(plan, "budget", "steps")
-    train_steps = rows[0]["train_steps"] if rows else None
+    models = [r for r in rows if r["generator"] != BASELINE]  # the baseline row trains no generator
+    train_steps = models[0]["train_steps"] if models else None
     meta = {"cells": len(cells), "draws": plan.draws, "seeds": plan.seeds, "train_steps": train_steps,
             "budget": budget, "budget_seconds": getattr(plan, "budget_seconds", None),
             "budget_text": f"every generator trained {getattr(plan, 'budget_seconds', 0) or 0:g} s (train.max_seconds)"

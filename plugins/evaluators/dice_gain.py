@@ -252,6 +252,9 @@ class DiceGain(Evaluator):
         out = {}
         for key, slices in (("label_fidelity", ctx.synthetic), ("label_fidelity_real_train", ctx.train),
                             ("label_fidelity_real_val", ctx.val)):
+            if len(slices) == 0:  # e.g. no validation patients
+                out[f"{key}_dice"] = out[f"{key}_slice_dice"] = float("nan")
+                continue
             pred = predict_probs(model, slices.images, device=ctx.device, amp_dtype=amp,
                                  channels_last=channels_last) > 0.5
             truth = slices.masks.astype(bool)

@@ -305,7 +305,7 @@ def test_vaegan_yaml_and_class_defaults_agree_on_d() -> None:
     settings = yaml_generator_settings("vaegan")
     params = inspect.signature(GENERATORS.get("vaegan").__init__).parameters
     for key in ("d_spectral_norm", "diffaug", "diffaug_cutout", "lr_d", "d_channels", "r1_gamma", "fm_weight",
-                "mismatch_weight", "mask_tv_weight"):
+                "mismatch_weight", "mask_tv_weight", "mask_area_weight"):
         assert key in settings, key
         assert settings[key] == params[key].default, key
 
@@ -345,6 +345,26 @@ def test_r1_penalty_and_mask_tv() -> None:
     gen = build("vaegan", r1_gamma=1.0, mask_tv_weight=1.0)
     out = gen.train_step(ellipse_pairs(4, 16), 0)
     assert {"d_r1", "mask_tv"} <= set(out) and all(math.isfinite(v) for v in out.values())
+
+
+def test_mask_area_loss_pairs_reconstructions_and_matches_prior_quantiles() -> None:
+    """Reconstructions are held to their own pair's area, prior samples to the batch's area distribution."""
+    from toolkit.nn import losses
+
+    real = torch.zeros(4, 1, 8, 8)
+    real[:2, :, 2:6, 2:6] = 1.0  # two glands of area 0.25, two empty slices
+    assert losses.mask_area_loss(real.clone(), real, paired=4).item() == 0.0
+    swapped = real.flip(0)  # the right areas on the wrong rows: paired term 0.25, not 0
+    assert losses.mask_area_loss(swapped, real, paired=4).item() == pytest.approx(0.25)
+    assert losses.mask_area_loss(swapped, real, paired=0).item() == pytest.approx(0.0)  # same distribution
+    shrunk = (0.5 * real).requires_grad_(True)  # prior samples of half the real area
+    loss = losses.mask_area_loss(shrunk, real, paired=0)
+    assert loss.item() > 0.0
+    loss.backward()
+    assert (shrunk.grad[:2] < 0).all()  # descending the loss grows the too-small glands
+    gen = build("vaegan", mask_area_weight=1.0)
+    out = gen.train_step(ellipse_pairs(4, 16), 0)
+    assert math.isfinite(out["mask_area"])
 
 
 def test_mismatched_pairs_swap_masks_and_drop_two_empty_masks() -> None:

@@ -110,6 +110,7 @@ class VAEGAN(Generator):
         image_weight: float = 1.0,  # weight of the pixel reconstruction loss
         mask_weight: float = 1.0,  # weight of the mask loss (BCE + soft Dice)
         mask_tv_weight: float = 4.0,  # weight of the total variation (outline length) of decoded mask probabilities; 0: off
+        mask_area_weight: float = 0.0,  # weight of the mask-area match (reconstructions to their pair, prior samples to the batch's area quantiles); 0: off
         fm_weight: float = 1.0,  # weight of D feature matching between real and reconstruction
         adv_weight: float = 0.1,  # weight of the adversarial loss of G
         adv_loss: Literal["hinge", "nonsat"] = "hinge",  # adversarial loss: hinge or non-saturating
@@ -135,6 +136,7 @@ class VAEGAN(Generator):
         self.image_weight = image_weight
         self.mask_weight = mask_weight
         self.mask_tv_weight = mask_tv_weight
+        self.mask_area_weight = mask_area_weight
         self.fm_weight = fm_weight
         self.adv_weight = adv_weight
         self.adv_loss_kind = adv_loss
@@ -193,6 +195,10 @@ class VAEGAN(Generator):
             l_tv = losses.total_variation(torch.sigmoid(logits))
             loss = loss + self.mask_tv_weight * l_tv
             stats["mask_tv"] = l_tv.item()
+        if self.mask_area_weight > 0:  # holds the gland's size while the total variation smooths its outline
+            l_area = losses.mask_area_loss(torch.sigmoid(logits), batch.mask, paired=n)
+            loss = loss + self.mask_area_weight * l_area
+            stats["mask_area"] = l_area.item()
         if use_gan:
             self.discriminator.requires_grad_(False)
             with self.autocast():

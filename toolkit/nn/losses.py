@@ -62,6 +62,32 @@ def total_variation(prob: torch.Tensor) -> torch.Tensor:
     return ((dx + dy) / prob[0, 0].numel()).mean()
 
 
+def mask_area_loss(prob: torch.Tensor, target: torch.Tensor, paired: int = 0) -> torch.Tensor:
+    """L1 distance between the mask areas (fractions of the slice) of ``prob`` and of ``target``.
+
+    The first ``paired`` maps of ``prob`` (reconstructions) are compared with
+    the same rows of ``target``; the rest (prior samples, no counterpart) by
+    the 1-D Wasserstein-1 distance between their sorted areas and the
+    quantiles of the target areas. Both halves weigh equally. Why: the total
+    variation alone is a curve-shortening flow, it shrinks every region (on
+    the real scans tv 4 drew glands a third smaller than real); an area term
+    is the balloon force of active contours that holds the size while the
+    outline smooths.
+    """
+    fake_area = prob.flatten(1).mean(1)
+    real_area = target.flatten(1).mean(1).to(fake_area)
+    terms = []
+    if paired > 0:
+        terms.append((fake_area[:paired] - real_area[:paired]).abs().mean())
+    unpaired = fake_area[paired:]
+    if len(unpaired):
+        # The target's empirical quantile function at the fakes' mid-quantiles (exact W1 when the sizes are equal).
+        q = (torch.arange(len(unpaired), device=fake_area.device) + 0.5) / len(unpaired)
+        index = (torch.ceil(q * len(real_area)) - 1).long().clamp(0, len(real_area) - 1)
+        terms.append((unpaired.sort().values - real_area.sort().values[index]).abs().mean())
+    return torch.stack(terms).mean()
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Hinge loss of the discriminator (Lim & Ye, 2017; used by SN-GAN, BigGAN)."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()

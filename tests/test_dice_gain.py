@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from plugins.evaluators.dice_gain import pooled_dice_ci
 from tests.conftest import TINY_SEG
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext
@@ -150,6 +151,30 @@ def test_noise_gives_clearly_negative_gain_and_oracle_does_not(oracle_and_noise)
 def test_label_fidelity_separates_matching_from_random_masks(oracle_and_noise):
     assert oracle_and_noise["oracle"]["label_fidelity_dice"] > 0.6
     assert oracle_and_noise["noise"]["label_fidelity_dice"] < 0.3
+
+
+def test_label_fidelity_ci_brackets_the_estimate_and_separates_oracle_from_noise(oracle_and_noise):
+    oracle, noise = oracle_and_noise["oracle"], oracle_and_noise["noise"]
+    for values in (oracle, noise):
+        assert values["label_fidelity_dice_ci_low"] <= values["label_fidelity_dice"] \
+            <= values["label_fidelity_dice_ci_high"]
+    assert noise["label_fidelity_dice_ci_high"] < oracle["label_fidelity_dice_ci_low"]
+
+
+def test_pooled_dice_ci_narrows_with_more_slices_and_is_seeded():
+    rng = np.random.default_rng(0)
+    def slices(n):  # per-slice Dice spread over 0.2-1.0, 100 true pixels each
+        dice = rng.uniform(0.2, 1.0, n)
+        total = np.full(n, 200)
+        return (dice * total / 2).round().astype(int), total
+    few, many = slices(20), slices(500)
+    low_few, high_few = pooled_dice_ci(*few, samples=500)
+    low_many, high_many = pooled_dice_ci(*many, samples=500)
+    pooled = 2 * many[0].sum() / many[1].sum()
+    assert low_many < pooled < high_many and 0.55 < low_many and high_many < 0.65  # true mean 0.6
+    assert high_many - low_many < (high_few - low_few) / 3  # ~1/sqrt(25) of the width
+    assert pooled_dice_ci(*few, samples=500) == (low_few, high_few)
+    assert pooled_dice_ci(np.zeros(3, int), np.zeros(3, int), samples=100) == (1.0, 1.0)  # nothing anywhere
 
 
 def test_label_fidelity_reference_is_the_same_unet_on_real_pairs(oracle_and_noise):

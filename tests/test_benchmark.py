@@ -161,3 +161,33 @@ def test_a_generator_added_later_joins_the_leaderboard_and_keeps_the_finished_ce
     assert data["meta"]["baselines_trained"] == 0  # the added generator used the baselines of the others
     saved = json.loads((out / "b" / "benchmark.json").read_text())["plan"]
     assert saved["generators"] == ["toy", "deformed_real", "vae"]
+
+
+def test_more_draws_than_different_training_sets_is_refused_before_any_work(tmp_path):
+    draws = list(ARGS)
+    draws[ARGS.index("--draws") + 1] = "7"  # 2 training patients of a pool of 4 make 6 sets
+    result = CliRunner().invoke(main, [*draws, "--out", str(tmp_path), "--name", "x"])
+    assert result.exit_code != 0 and "--draws 7: 2 training patients of a pool of split.train_pool=4 make " \
+        "only 6 different training sets" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_finished_cell_whose_split_is_no_longer_its_draw_runs_again(bench, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bench["dir"], copy)
+    cell = copy / "cells" / "toy-n2-r1-d1-s0"
+    saved = json.loads((cell / "split.json").read_text())
+    patients = saved["patients"]
+    drawn = list(patients["train"])
+    patients["train"], patients["unused"] = sorted([drawn[0], patients["unused"][0]]), \
+        sorted([drawn[1], *patients["unused"][1:]])  # as if another rule had drawn this set
+    (cell / "split.json").write_text(json.dumps(saved))
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (copy / "cells").glob("*/results.json")}
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    result = CliRunner().invoke(main, [*ARGS, "--out", str(tmp_path), "--name", "b"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (copy / "cells").glob("*/results.json")}
+    assert [name for name in after if after[name] != before[name]] == ["toy-n2-r1-d1-s0"]
+    assert json.loads((cell / "split.json").read_text())["patients"]["train"] == drawn

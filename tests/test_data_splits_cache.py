@@ -10,6 +10,7 @@ import pytest
 from toolkit.data import DataError, cache_dir, load_dataset, split_patients
 from toolkit.data import loading as loading_mod
 from toolkit.data.phantom import write_phantom
+from toolkit.data.splits import drawn_subset
 from toolkit.schema import ConfigError
 from toolkit.settings import DataSettings, SplitSettings
 
@@ -121,8 +122,26 @@ def test_draws_choose_other_training_subsets_of_the_same_pool():
     base = dict(val_patients=3, test_patients="rest", train_pool=8, n_train_patients=3)
     draws = [split_patients(patients, SplitSettings(**base, draw=d)) for d in range(4)]
     pool = set(draws[0]["train"]) | set(draws[0]["unused"])
-    assert len({tuple(d["train"]) for d in draws}) > 1
+    assert len({tuple(d["train"]) for d in draws}) == 4  # every draw its own set
     for d in draws:
         assert d["val"] == draws[0]["val"] and d["test"] == draws[0]["test"]
         assert len(d["train"]) == 3 and set(d["train"]) | set(d["unused"]) == pool
     assert split_patients(patients, SplitSettings(**base, draw=2)) == draws[2]  # seeded
+
+
+def test_draws_never_repeat_a_training_set_and_stop_at_the_last_distinct_one():
+    # 4 of a pool of 5: 5 possible sets. Independent seeded draws repeated one (the real-scan
+    # benchmark's draws 0 and 2 trained on the same 4 patients); now all 5 differ, and a 6th is refused.
+    patients = [f"case{i:03d}" for i in range(12)]
+    base = dict(val_patients=2, test_patients="rest", train_pool=5, n_train_patients=4)
+    sets = [tuple(split_patients(patients, SplitSettings(**base, draw=d))["train"]) for d in range(5)]
+    assert len(set(sets)) == 5
+    with pytest.raises(DataError, match=r"split.draw=5: a training pool of 5 patients holds only 5 different"):
+        split_patients(patients, SplitSettings(**base, draw=5))
+    # A draw that did not collide keeps the patients it had before this rule (recorded benchmarks stay valid).
+    for seed in range(6):
+        for d in range(1, 5):
+            first = np.random.default_rng([seed, d]).choice(5, 4, replace=False)
+            earlier = [drawn_subset(5, 4, seed, e) for e in range(d)]
+            if tuple(sorted(first)) not in earlier:
+                assert drawn_subset(5, 4, seed, d) == tuple(sorted(int(i) for i in first))

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.config import Config, resolve
+from toolkit.data.splits import distinct_draws
 from toolkit.io import atomic_write
 from toolkit.registry import GENERATORS
 from toolkit.rundir import RunDir, RunError
@@ -144,13 +145,30 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: Work
 
     setup.apply()
     run_dir = cells_dir / cell.name
-    if is_finished(run_dir):
-        return "kept"
     config = cell_config(plan, cell, threads)
-    resume = (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "config.yaml").is_file()
+    stale = stale_split(run_dir, config)
+    if stale:  # e.g. trained on a draw that repeated another's patients, before draws were made distinct
+        log.warning("benchmark: cell %s trained on %s, but its draw is now %s; running it again", cell.name,
+                    stale[0], stale[1])
+    elif is_finished(run_dir):
+        return "kept"
+    resume = not stale and (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "config.yaml").is_file()
     run_experiment(config, out=cells_dir, name=cell.name, force=not resume and run_dir.exists(), resume=resume,
                    progress=False, quiet=True)
-    return "resumed" if resume else "ran"
+    return "rerun" if stale else "resumed" if resume else "ran"
+
+
+def stale_split(run_dir: Path, config: Config) -> tuple[list[str], list[str]] | None:
+    """(saved, current) training patients when a cell's saved split is not the one its config draws now."""
+    from toolkit.data import split_patients
+
+    saved = RunDir(run_dir).read_split()
+    if saved is None:
+        return None
+    current = split_patients(sorted(set(sum(saved.values(), []))), config.split)
+    if all(current[k] == saved.get(k, []) for k in current):
+        return None
+    return saved.get("train", []), current["train"]
 
 
 def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: WorkerSetup = WorkerSetup()) -> int:
@@ -260,7 +278,14 @@ def check_plan(plan: Plan) -> None:
     for g in plan.generators:
         GENERATORS.get(g)  # an unknown name fails with the valid ones
     for cell in plan.cells()[:1]:
-        cell_config(plan, cell, 1)  # a bad setting fails
+        split = cell_config(plan, cell, 1).split  # a bad setting fails
+        if split.train_pool is not None:  # else the pool's size is the data's; split_patients checks it there
+            for n in plan.regimes:
+                if plan.draws > distinct_draws(split.train_pool, n):
+                    raise ValueError(
+                        f"--draws {plan.draws}: {n} training patients of a pool of split.train_pool="
+                        f"{split.train_pool} make only {distinct_draws(split.train_pool, n)} different training "
+                        "sets; use fewer draws or a larger pool")
 
 
 def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
@@ -328,8 +353,9 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     cells = plan.cells()
     t0 = time.perf_counter()
     status = run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in cells])
-    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed) in %.0f s", len(cells), status.count("kept"),
-             status.count("ran"), status.count("resumed"), time.perf_counter() - t0)
+    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed, %d rerun on a changed split) in %.0f s",
+             len(cells), status.count("kept"), status.count("ran"), status.count("resumed"), status.count("rerun"),
+             time.perf_counter() - t0)
     write_leaderboard(bench, plan, cells, baselines_trained=sum(trained))
     return bench
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from toolkit.data.errors import DataError
@@ -59,10 +61,42 @@ def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, l
         pool = rest if pool_size is None else rest[:pool_size]  # here train_pool is a cap
     if n_train is None or n_train >= len(pool):
         train = pool
-    elif split_cfg.draw == 0:
-        train = pool[:n_train]
     else:
-        chosen = np.random.default_rng([split_cfg.seed, split_cfg.draw]).choice(len(pool), n_train, replace=False)
-        train = [pool[i] for i in sorted(chosen)]
+        train = [pool[i] for i in drawn_subset(len(pool), n_train, split_cfg.seed, split_cfg.draw)]
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test),
             "unused": sorted(set(pool) - set(train))}
+
+
+def distinct_draws(pool_size: int, n_train: int) -> int:
+    """How many different training sets of ``n_train`` a pool of ``pool_size`` patients holds."""
+    return math.comb(pool_size, n_train) if n_train < pool_size else 1
+
+
+def drawn_subset(pool_size: int, n_train: int, seed: int, draw: int) -> tuple[int, ...]:
+    """Pool indices of training-set draw ``draw``: no two draws below ``distinct_draws`` are the same set.
+
+    Draw 0 is the first ``n_train`` of the pool (so smaller training sets nest in larger ones).
+    Draw ``d`` takes the seeded choice of ``(seed, d)`` and, only where it repeats an earlier
+    draw's set, redraws from ``(seed, d, attempt)``: a benchmark's draws are replicates of
+    *which patients train*, and a repeated set would count one replicate twice (with 4 of a
+    pool of 5, three independent draws repeat a set about half the time).
+
+    Raises:
+        DataError: ``draw`` is not below the number of distinct sets.
+    """
+    total = distinct_draws(pool_size, n_train)
+    if draw >= total:
+        raise DataError(
+            f"split.draw={draw}: a training pool of {pool_size} patients holds only {total} different training "
+            f"set(s) of {n_train} (draws 0-{total - 1}); use fewer draws (benchmark --draws {total} at most) or "
+            "a larger split.train_pool"
+        )
+    earlier = [tuple(range(n_train))]
+    for d in range(1, draw + 1):
+        attempt, chosen = 0, None
+        while chosen is None or chosen in earlier:
+            rng = np.random.default_rng([seed, d] if attempt == 0 else [seed, d, attempt])
+            chosen = tuple(sorted(int(i) for i in rng.choice(pool_size, n_train, replace=False)))
+            attempt += 1
+        earlier.append(chosen)
+    return earlier[draw]

@@ -101,9 +101,11 @@ class VAEGAN(Generator):
         base_channels: int = 8,  # generator channels at full resolution, doubled per stage
         max_channels: int = 128,  # generator channel cap
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
+        decoder_upsample: Literal["nearest", "bilinear"] = "nearest",  # the decoder's 2x upsampling
         d_channels: int = 16,  # discriminator channels after its first convolution
         d_max_channels: int = 128,  # discriminator channel cap
         d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
+        d_blur: bool = False,  # low-pass before each of D's strided convolutions (anti-aliased D: no grid texture from its gradient)
         d_spectral_norm: Literal["all", "body", "none"] = "none",  # spectral norm on all of D's convolutions, all but the head, or none (see docs/generators_vaegan_real.md)
         r1_gamma: float = 0.0,  # weight of the R1 penalty on D's gradient at real pairs (Mescheder et al., 2018); 0: off
         lr_g: float = 5e-4,  # Adam learning rate of encoder + decoder
@@ -155,9 +157,10 @@ class VAEGAN(Generator):
         self.prior_fraction = prior_fraction
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
-        self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth).to(self.device)
+        self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth,
+                                   decoder_upsample).to(self.device)
         self.discriminator = PatchGAN(channels, size, d_channels, d_max_channels, d_patch_size,
-                                      spectral_norm=d_spectral_norm).to(self.device)
+                                      spectral_norm=d_spectral_norm, blur=d_blur).to(self.device)
         g_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))

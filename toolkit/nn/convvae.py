@@ -80,9 +80,10 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z -> (image in [-1, 1], mask logits).
 
-    Per stage: nearest-neighbour upsampling then a 3 x 3 convolution (no
-    checkerboard artefacts from transposed convolutions); ``depth`` adds
-    3 x 3 convolutions per stage for capacity at a proportional cost.
+    Per stage: upsampling (nearest-neighbour, or bilinear for smoother
+    interpolation) then a 3 x 3 convolution (no checkerboard artefacts from
+    transposed convolutions); ``depth`` adds 3 x 3 convolutions per stage for
+    capacity at a proportional cost.
 
     Args:
         out_image_channels: image channels of the output (one mask channel is added).
@@ -91,13 +92,16 @@ class ConvDecoder(nn.Module):
         base_channels: channels at full resolution; doubled per stage going down.
         max_channels: channel cap.
         depth: 3 x 3 convolutions per stage (>= 1).
+        upsample: ``"nearest"`` or ``"bilinear"``.
     """
 
     def __init__(self, out_image_channels: int, image_size: int, z_dim: int, base_channels: int = 16,
-                 max_channels: int = 128, depth: int = 1) -> None:
+                 max_channels: int = 128, depth: int = 1, upsample: str = "nearest") -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"decoder depth must be >= 1, got {depth}")
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"decoder upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         chans = stage_channels(image_size, base_channels, max_channels)[::-1]  # 4x4 -> full size
         self.out_image_channels = out_image_channels
         self.from_z = nn.Sequential(nn.Linear(z_dim, chans[0] * BOTTLENECK**2),
@@ -105,7 +109,8 @@ class ConvDecoder(nn.Module):
                                     _norm(chans[0]), nn.SiLU())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(c_in, c_out)]
+            up = nn.Upsample(scale_factor=2, mode=upsample, **({} if upsample == "nearest" else {"align_corners": False}))
+            layers += [up, _conv_block(c_in, c_out)]
             layers += [_conv_block(c_out, c_out) for _ in range(depth - 1)]
         head = nn.Conv2d(chans[-1], out_image_channels + 1, 3, padding=1)
         with torch.no_grad():

@@ -23,6 +23,26 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int, sn: bool = True) -> n
     return sn_wrap(conv) if sn else conv
 
 
+class Blur(nn.Module):
+    """A fixed 3 x 3 binomial low-pass ([1, 2, 1] outer itself, / 16) per channel, reflect-padded.
+
+    Before a strided convolution it anti-aliases the downsampling (Zhang, ICML 2019, "Making
+    convolutional networks shift-invariant again"; StyleGAN2 filters its resampling alike), so
+    D's gradient carries no period-2 pattern back to the generator, the grid texture a
+    strided D paints into generated images.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+
+
 class PatchGAN(nn.Module):
     """Strided spectral-norm convolutions down to a map of patch logits.
 
@@ -39,6 +59,7 @@ class PatchGAN(nn.Module):
             (all but the 1-channel head, so the logits' scale is free while
             the features stay Lipschitz-bounded), or ``"none"`` (plain
             convolutions; regularise D otherwise, e.g. with an R1 penalty).
+        blur: low-pass (:class:`Blur`) before every strided convolution.
     """
 
     def __init__(
@@ -49,6 +70,7 @@ class PatchGAN(nn.Module):
         max_channels: int = 256,
         patch_size: int = 8,
         spectral_norm: str = "all",
+        blur: bool = False,
     ) -> None:
         super().__init__()
         if spectral_norm not in ("all", "body", "none"):
@@ -63,7 +85,8 @@ class PatchGAN(nn.Module):
         c_in, c_out = in_channels, base_channels
         for i in range(max(n_down, 1)):
             stride = 2 if i < n_down else 1
-            blocks.append(nn.Sequential(_conv(c_in, c_out, 4 if stride == 2 else 3, stride, body_sn),
+            pre = [Blur(c_in)] if blur and stride == 2 else []
+            blocks.append(nn.Sequential(*pre, _conv(c_in, c_out, 4 if stride == 2 else 3, stride, body_sn),
                                         nn.LeakyReLU(0.2, inplace=True)))
             c_in, c_out = c_out, min(c_out * 2, max_channels)
         blocks.append(nn.Sequential(_conv(c_in, c_in, 3, 1, body_sn), nn.LeakyReLU(0.2, inplace=True)))

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit.nn.convvae import FittedPrior, pair_to_input
+from toolkit.nn.convvae import ConvDecoder, FittedPrior, pair_to_input
 from toolkit.nn.diffaug import DiffAugment, parse_policy
 from toolkit.nn.ema import EMA
-from toolkit.nn.patchgan import PatchGAN
+from toolkit.nn.patchgan import Blur, PatchGAN
 from toolkit.registry import GENERATORS
 from toolkit.types import Batch, DataSpec
 
@@ -196,6 +196,37 @@ def test_patchgan_logit_map_and_features() -> None:
     assert logits.shape == (3, 1, 8, 8) and len(feats) >= 3
     with pytest.raises(ValueError, match="patch_size"):
         PatchGAN(2, 64, patch_size=6)
+
+
+def test_blur_keeps_smooth_content_removes_the_period_two_grid_and_blurred_d_keeps_its_shape() -> None:
+    blur = Blur(2)
+    flat = torch.full((1, 2, 16, 16), 0.7)
+    assert torch.allclose(blur(flat), flat)  # reflect padding: no dark border
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    grid = ((yy + xx) % 2 * 2 - 1).float().expand(1, 2, 16, 16)  # the checkerboard of a strided gradient
+    assert blur(grid).abs().max() < 1e-6
+    ramp = xx.float().expand(1, 2, 16, 16)
+    assert torch.allclose(blur(ramp)[..., 1:-1], ramp[..., 1:-1])  # linear content passes
+    d = PatchGAN(2, 64, base_channels=8, max_channels=16, patch_size=8, blur=True)
+    logits, feats = d(torch.randn(3, 2, 64, 64))
+    assert logits.shape == (3, 1, 8, 8) and sum(isinstance(m, Blur) for m in d.modules()) == 3  # 64 -> 8: 3 strides
+
+
+def test_bilinear_decoder_has_no_nearest_neighbour_blocks() -> None:
+    torch.manual_seed(0)
+    for mode in ("nearest", "bilinear"):
+        dec = ConvDecoder(1, 16, 4, base_channels=4, max_channels=8, upsample=mode)
+        upsampled = []
+        for m in dec.modules():
+            if isinstance(m, torch.nn.Upsample):
+                m.register_forward_hook(lambda _m, _i, out, seen=upsampled: seen.append(out))
+        image, logits = dec(torch.randn(2, 4))
+        assert image.shape == (2, 1, 16, 16) and logits.shape == (2, 1, 16, 16) and len(upsampled) == 2
+        x = upsampled[-1]
+        blocks_equal = torch.allclose(x[..., ::2, ::2], x[..., 1::2, 1::2])  # each 2 x 2 block one value
+        assert blocks_equal == (mode == "nearest")
+    with pytest.raises(ValueError, match="upsample"):
+        ConvDecoder(1, 16, 4, upsample="cubic")
 
 
 def test_fitted_prior_matches_latent_moments_and_round_trips() -> None:

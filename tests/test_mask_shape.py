@@ -9,9 +9,11 @@ from toolkit.data.maskshape import (
     POSTPROCESS_MODES,
     area_ks,
     component_counts,
+    gland_texture,
     hole_counts,
     laplacian_sharpness,
     mask_areas,
+    outline_edge_contrast,
     postprocess_masks,
     single_component_share,
 )
@@ -79,6 +81,22 @@ def test_area_ks_and_sharpness() -> None:
     assert laplacian_sharpness(np.zeros((2, 1, 16, 16))) == 0.0
 
 
+def test_gland_texture_and_outline_edge_see_a_busy_interior_and_a_painted_contour() -> None:
+    rng = np.random.default_rng(0)
+    masks = np.stack([disc(r=8), disc(cx=12, r=6)])
+    yy, xx = np.mgrid[:32, :32]
+    soft = np.stack([0.02 * xx + 0.01 * yy] * 2)  # the same gradient everywhere: nothing marks the outline
+    busy = soft + masks * rng.uniform(-0.5, 0.5, masks.shape)  # the same, with texture inside the gland
+    outline = masks.astype(bool) & ~np.stack([np.pad(m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2]
+                                                     & m[1:-1, 2:], 1) for m in masks.astype(bool)])
+    painted = soft + 0.8 * outline  # a contour line along the mask
+    assert gland_texture(busy, masks) > 3 * gland_texture(soft, masks)
+    assert outline_edge_contrast(soft, masks) == pytest.approx(1.0, abs=0.05)
+    assert outline_edge_contrast(painted, masks) > 2.0
+    assert np.isnan(gland_texture(soft, np.zeros_like(masks)))  # no gland anywhere: undefined, not 0
+    assert gland_texture(soft[:, None], masks[:, None]) == gland_texture(soft, masks)  # [N, 1, H, W] too
+
+
 def test_mask_shape_evaluator_sees_fragments_and_blur(tmp_path) -> None:
     from test_contract import tiny_context
 
@@ -102,3 +120,5 @@ def test_mask_shape_evaluator_sees_fragments_and_blur(tmp_path) -> None:
     assert broken["single_component_share"] == pytest.approx(1.0 - non_empty)
     assert broken["single_component_gap"] > 0.5
     assert broken["sharpness"] < clean["sharpness"]
+    for key in ("gland_texture", "outline_edge"):
+        assert clean[f"{key}_ratio"] == pytest.approx(clean[key] / clean[f"real_{key}"])

@@ -14,6 +14,11 @@ compares the synthetic set with a real split (``toolkit.data.maskshape``):
 - holes per non-empty mask, and mean number of components.
 - ``sharpness``: mean absolute Laplacian of the images, synthetic and real,
   and their ratio (below 1: blurrier than the real slices).
+- ``gland_texture``: intensity std inside the gland, and ``outline_edge``:
+  the image gradient on the mask's outline over the slice's mean, each with
+  its real value and ratio. They say *how* an image disagrees with its mask
+  when label fidelity is low: a gland interior busier than real, or the
+  outline painted into the image as a contour line.
 
 Pixel statistics only (no network), so it takes a second and needs no cache.
 """
@@ -27,9 +32,11 @@ import numpy as np
 from toolkit.data.maskshape import (
     area_ks,
     component_counts,
+    gland_texture,
     hole_counts,
     laplacian_sharpness,
     mask_areas,
+    outline_edge_contrast,
 )
 from toolkit.metrics.features import split_slices, subsample_rows, write_record
 from toolkit.plugin import EvalContext, Evaluator
@@ -59,6 +66,8 @@ class MaskShape(Evaluator):
         "empty_share", "real_empty_share", "components_mean", "real_components_mean",
         "holes_mean", "real_holes_mean", "area_mean", "real_area_mean", "area_ks",
         "sharpness", "real_sharpness", "sharpness_ratio",
+        "gland_texture", "real_gland_texture", "gland_texture_ratio",
+        "outline_edge", "real_outline_edge", "outline_edge_ratio",
     )
     primary = "single_component_gap"
     higher_is_better = False
@@ -94,6 +103,11 @@ class MaskShape(Evaluator):
             "real_sharpness": real_sharp,
             "sharpness_ratio": sharp / real_sharp if real_sharp > 0 else float("nan"),
         }
+        for key, stat in (("gland_texture", gland_texture), ("outline_edge", outline_edge_contrast)):
+            fake_value = stat(fake.images[fake_rows], fake_masks)
+            real_value = stat(real.images[real_rows], real_masks)
+            result.update({key: fake_value, f"real_{key}": real_value,
+                           f"{key}_ratio": fake_value / real_value if real_value > 0 else float("nan")})
         result = {k: result[k] for k in self.metrics}
         write_record(ctx, "mask_shape", {"reference_split": self.reference, "n_real": len(real_rows),
                                           "n_synthetic": len(fake_rows), **result})

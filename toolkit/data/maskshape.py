@@ -93,6 +93,42 @@ def laplacian_sharpness(images: np.ndarray) -> float:
     return float(np.mean([np.abs(ndimage.laplace(im, mode="reflect")).mean() for im in images]))
 
 
+def _first_channel(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float64)
+    return images[:, 0] if images.ndim == 4 else images
+
+
+def gland_texture(images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over non-empty masks of the intensity std inside the gland (first image channel).
+
+    A gland interior busier than real (ratio > 1) is texture the generator paints where
+    nothing ties it to the mask; a real-trained U-Net then reads less of the gland (on the
+    real scans vaegan's 0.38 against real 0.23 came with under-segmentation of its images).
+    """
+    images, stack = _first_channel(images), _as_stack(masks)
+    values = [images[i][m].std() for i, m in enumerate(stack) if m.sum() > 1]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def outline_edge_contrast(images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over non-empty masks of the gradient magnitude on the mask's outline over the slice's mean.
+
+    How strongly the image draws the mask's outline: real T2 glands have soft, partly
+    invisible boundaries; a ratio to real far above 1 means the mask is painted into the
+    image as a contour line. Sobel gradients of the first image channel; the outline is
+    the mask minus its erosion.
+    """
+    images, stack = _first_channel(images), _as_stack(masks)
+    values = []
+    for image, m in zip(images, stack):
+        outline = m & ~ndimage.binary_erosion(m)
+        if not outline.any():
+            continue
+        grad = np.hypot(ndimage.sobel(image, 0, mode="reflect"), ndimage.sobel(image, 1, mode="reflect"))
+        values.append(grad[outline].mean() / max(grad.mean(), 1e-12))
+    return float(np.mean(values)) if values else float("nan")
+
+
 def postprocess_masks(masks: np.ndarray, mode: Literal["none", "largest_component"] = "none") -> np.ndarray:
     """Clean up generated masks; returns an array of the input's shape and dtype.
 

@@ -190,6 +190,20 @@ def test_ema_tracks_weights_and_round_trips() -> None:
         EMA(net, decay=1.0)
 
 
+def test_vaegan_temperature_changes_samples_not_training() -> None:
+    data = ellipse_pairs(16, 16)
+    gens = []
+    for temperature in (0.5, 1.0):
+        torch.manual_seed(0)
+        gens.append(build("vaegan", temperature=temperature))
+        gens[-1].train_step(data, 0)  # tiny: adv_start_step 0, so the prior samples reach D and G
+    cold, warm = gens
+    for a, b in zip(cold.decoder.parameters(), warm.decoder.parameters()):
+        assert torch.equal(a, b)  # training drew from the whole prior in both
+    spread = [gen.sample(64, generator=torch.Generator().manual_seed(0)).image.std(0).mean() for gen in (cold, warm)]
+    assert spread[0] < spread[1]
+
+
 def test_patchgan_logit_map_and_features() -> None:
     d = PatchGAN(2, 64, base_channels=8, max_channels=16, patch_size=8)
     logits, feats = d(torch.randn(3, 2, 64, 64))

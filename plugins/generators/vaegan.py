@@ -40,7 +40,10 @@ outline length) to G's loss, so extra islands and holes cost. Alone it shrinks
 every gland (a curve-shortening flow: a third too small on the real scans), so
 ``mask_area_weight`` holds the size: each reconstruction's mask area against
 its pair's, the prior samples' sorted areas against the batch's area
-quantiles (areas 0.054 -> 0.074 of real 0.081). Samples come from an EMA of the
+quantiles (areas 0.054 -> 0.074 of real 0.081). The decoder upsamples bilinearly
+(``decoder_upsample``): with nearest-neighbour upsampling D's gradient painted a grid
+texture into the gland that the real-trained U-Net reads as background (label
+fidelity 0.748 -> 0.791 on 288 real-scan samples). Samples come from an EMA of the
 decoder's weights when ``ema_decay`` > 0. The adversarial terms start after
 ``adv_start_step`` steps, once the VAE draws rough shapes.
 """
@@ -101,7 +104,7 @@ class VAEGAN(Generator):
         base_channels: int = 8,  # generator channels at full resolution, doubled per stage
         max_channels: int = 128,  # generator channel cap
         decoder_depth: int = 1,  # 3x3 convolutions per decoder stage (cost grows in proportion)
-        decoder_upsample: Literal["nearest", "bilinear"] = "nearest",  # the decoder's 2x upsampling
+        decoder_upsample: Literal["nearest", "bilinear"] = "bilinear",  # the decoder's 2x upsampling (nearest drew a grid texture under D's gradient)
         d_channels: int = 16,  # discriminator channels after its first convolution
         d_max_channels: int = 128,  # discriminator channel cap
         d_patch_size: int = 8,  # side of D's map of patch logits (8: each logit sees ~1/4 of a 64 image)
@@ -127,7 +130,7 @@ class VAEGAN(Generator):
         diffaug_translation: float = 0.125,  # DiffAugment's largest shift, fraction of the image side
         diffaug_cutout: float = 0.5,  # side of DiffAugment's cut-out square, fraction of the image side
         ema_decay: float = 0.995,  # EMA of the decoder for sampling; 0 disables
-        temperature: float = 1.0,  # std of the prior when sampling
+        temperature: float = 1.0,  # std of the prior when sampling (< 1: safer, less varied samples); training draws from the whole prior
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
         prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
     ) -> None:
@@ -182,7 +185,8 @@ class VAEGAN(Generator):
             mu, logvar = mu.float(), logvar.float()
             self.latent_prior.update(mu, logvar)
             z = torch.cat([reparameterize(mu, logvar, self.noise.randn(n, self.z_dim)),
-                           self.draw_latents(self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim))])
+                           self.draw_latents(self.noise.randn(max(1, round(n * self.prior_fraction)), self.z_dim),
+                                             temperature=1.0)])  # the whole prior: temperature is for sampling
             image, logits = self.decoder(z)
         image, logits = image.float(), logits.float()
         fake = pair_to_input(image, torch.sigmoid(logits))  # D sees mask probabilities
@@ -269,9 +273,10 @@ class VAEGAN(Generator):
         self.opt_d.step()
         return stats
 
-    def draw_latents(self, eps: torch.Tensor) -> torch.Tensor:
-        """Latents from standard normal ``eps``: scaled by ``temperature``, then mapped by the prior."""
-        return draw_latents(eps, self.temperature, self.latent_prior if self.prior_kind == "fitted" else None)
+    def draw_latents(self, eps: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Latents from standard normal ``eps``: scaled by ``temperature`` (default: the sampling one), then mapped by the prior."""
+        t = self.temperature if temperature is None else temperature
+        return draw_latents(eps, t, self.latent_prior if self.prior_kind == "fitted" else None)
 
     @torch.no_grad()
     def sample(

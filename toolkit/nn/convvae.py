@@ -109,8 +109,8 @@ class ConvDecoder(nn.Module):
                                     _norm(chans[0]), nn.SiLU())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            up = nn.Upsample(scale_factor=2, mode=upsample, **({} if upsample == "nearest" else {"align_corners": False}))
-            layers += [up, _conv_block(c_in, c_out)]
+            align = None if upsample == "nearest" else False  # nearest takes no align_corners
+            layers += [nn.Upsample(scale_factor=2, mode=upsample, align_corners=align), _conv_block(c_in, c_out)]
             layers += [_conv_block(c_out, c_out) for _ in range(depth - 1)]
         head = nn.Conv2d(chans[-1], out_image_channels + 1, 3, padding=1)
         with torch.no_grad():

@@ -132,6 +132,17 @@ def test_resume_errors_are_clear(cli, tmp_path):
     assert mixed.exit_code != 0 and "only --set" in mixed.output
 
 
+def test_resuming_with_settings_that_build_other_networks_names_the_fix(cli, tmp_path):
+    """A checkpoint without vaegan's consistency segmenter, resumed with one: a clear error, the run unchanged."""
+    assert cli(*run_args(tmp_path, "v", "vaegan"), "--set", "generator.seg_weight=0").exit_code == 0
+    config_before = (tmp_path / "v" / "config.yaml").read_text()
+    failed = cli("run", "--resume", "--name", "v", "--out", str(tmp_path), "-q",
+                 "--set", "generator.seg_weight=0.1", "--set", "train.steps=6")
+    assert failed.exit_code != 0 and "last.pt" in failed.output and "--set generator.seg_weight=0" in failed.output
+    assert "Traceback" not in failed.output
+    assert (tmp_path / "v" / "config.yaml").read_text() == config_before
+
+
 def test_mask_to_image_generator_gets_masks(cli, tmp_path):
     result = cli(*run_args(tmp_path, "m2i", "toy_mask2image"))
     assert result.exit_code == 0, result.output

@@ -478,3 +478,37 @@ def test_mismatched_pairs_do_not_collapse_d_when_fakes_look_real() -> None:
         d_real = gen.discriminator(real[:64])[0].mean().item()
         d_mismatch = gen.discriminator(mismatched_pairs(real[:64]))[0].mean().item()
     assert d_real > 0 and d_real - d_mismatch > 1.0, (d_real, d_mismatch)
+
+
+# Segmentation consistency -----------------------------------------------------------------
+
+
+def test_vaegan_segmenter_learns_real_pairs_and_moves_only_the_image() -> None:
+    """S learns image -> mask from real pairs; its term on G changes the decoded image, never the mask.
+
+    The target is the decoded mask, detached: with every other G term off, one G step must leave the
+    decoder head's mask row untouched and move its image row (a gradient through the target would
+    let G shrink masks to what S finds in blurry images instead of drawing the gland).
+    """
+    torch.manual_seed(0)
+    data = ellipse_pairs(64, 16)
+    gen = build("vaegan", seg_weight=1.0, seg_channels=8, seg_depth=2, lr_s=5e-3)
+    losses_s = [gen.seg_step(Batch(data.image[i:i + 16], data.mask[i:i + 16]))["s_loss"]
+                for i in list(range(0, 64, 16)) * 10]
+    assert sum(losses_s[-4:]) / 4 < 0.6 * sum(losses_s[:4]) / 4, losses_s
+
+    off = dict(image_weight=0.0, mask_weight=0.0, beta=0.0, mask_tv_weight=0.0, mask_area_weight=0.0,
+               fm_weight=0.0, adv_weight=0.0)
+    gen = build("vaegan", seg_weight=1.0, seg_depth=2, **off)
+    head = gen.decoder.body[-1]
+    before = head.weight.detach().clone()
+    stats = gen.train_step(data, 0)
+    assert "g_seg" in stats and "s_loss" in stats
+    assert torch.equal(head.weight[1:], before[1:])  # the mask row
+    assert not torch.equal(head.weight[:1], before[:1])  # the image row
+
+
+def test_vaegan_seg_depth_must_divide_the_image() -> None:
+    with pytest.raises(ValueError, match="seg_depth 5 needs an image side divisible by 32"):
+        build("vaegan", size=16, seg_weight=1.0, seg_depth=5)
+    build("vaegan", size=16, seg_weight=0.0, seg_depth=5)  # unused: no error

@@ -29,7 +29,7 @@ from toolkit.report import describe_set, environment, log_evaluation, summary_ta
 from toolkit.rundir import RunDir, RunError, default_run_name
 from toolkit.runtime import Runtime, setup_runtime
 from toolkit.seg.baseline import BaselineStore
-from toolkit.train.loop import resume_state, train_generator
+from toolkit.train.loop import checkpoint_path, load_generator_state, resume_state, train_generator
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler, sample_set
 from toolkit.train.seeding import seed_everything
@@ -161,6 +161,8 @@ def run_experiment(
     if dist_info.enabled:
         torch.distributed.barrier()
     state = resume_state(run.path, runtime.device) if resume else None
+    if state is not None:  # before any write: a checkpoint these settings cannot load leaves the run as it was
+        load_generator_state(gen, state, checkpoint_path(run.path))
     if dist_info.is_main:
         run.write_config(config.to_yaml())  # on --resume: records the --set overrides, now that the checkpoint loaded
     start = int(state["step"]) if state else 0

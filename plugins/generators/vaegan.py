@@ -17,6 +17,7 @@ metric"). Each step:
      + mask_area_weight * L1 of the mask areas against the real ones
      + fm_weight  * L1 between D's features of real and reconstructed pairs
      + adv_weight * adversarial loss of reconstructions and prior samples
+     + seg_weight * BCE + soft Dice of S(decoded image) against its decoded mask
 
    Feature matching through D rewards edges and texture a pixel loss
    averages away; the adversarial term on *prior* samples trains the decoder
@@ -46,6 +47,17 @@ texture into the gland that the real-trained U-Net reads as background (label
 fidelity 0.748 -> 0.791 on 288 real-scan samples). Samples come from an EMA of the
 decoder's weights when ``ema_decay`` > 0. The adversarial terms start after
 ``adv_start_step`` steps, once the VAE draws rough shapes.
+
+``seg_weight`` adds segmentation consistency: a small U-Net ``S``, trained
+alongside on the real pairs only (never on generated ones), must find each
+decoded mask in its decoded image. The mask is the target and is detached, so
+the term redraws the image, not the mask. D judges whether a pair looks real;
+S asks the narrower question a downstream segmenter asks, whether the gland
+in the image is the one in the mask. S is its own network, not the core's
+baseline U-Net (``TrainContext.segmenter``), because that one is the network
+``dice_gain`` scores label fidelity with: training against it would grade the
+generator with its own teacher. The term starts with the GAN terms; S learns
+from step 0.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from toolkit.nn.diffaug import DiffAugment
 from toolkit.nn.ema import EMA
 from toolkit.nn.patchgan import PatchGAN
 from toolkit.nn.rng import RandomSource
+from toolkit.nn.unet import UNet
 from toolkit.plugin import Generator
 from toolkit.registry import GENERATORS
 from toolkit.types import Batch, DataSpec
@@ -133,6 +146,10 @@ class VAEGAN(Generator):
         temperature: float = 1.0,  # std of the prior when sampling (< 1: safer, less varied samples); training draws from the whole prior
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
         prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
+        seg_weight: float = 0.0,  # weight of the segmentation-consistency loss: the own segmenter S must find each decoded mask in its image; 0: off
+        seg_channels: int = 8,  # S's first-level channels (a U-Net trained alongside on the real pairs only)
+        seg_depth: int = 3,  # S's downsamplings
+        lr_s: float = 1e-3,  # Adam learning rate of S
     ) -> None:
         super().__init__(spec, device)
         for name, value, valid in (("image_loss", image_loss, ("l1", "l2")),
@@ -158,6 +175,7 @@ class VAEGAN(Generator):
             raise ValueError(f"vaegan: prior must be 'fitted' or 'standard', got {prior!r}")
         self.prior_kind = prior
         self.prior_fraction = prior_fraction
+        self.seg_weight = seg_weight
         size, channels = spec.image_size, spec.channels + 1
         self.encoder = ConvEncoder(channels, size, z_dim, base_channels, max_channels).to(self.device)
         self.decoder = ConvDecoder(spec.channels, size, z_dim, base_channels, max_channels, decoder_depth,
@@ -168,6 +186,12 @@ class VAEGAN(Generator):
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
         self.ema = EMA(self.decoder, ema_decay) if ema_decay > 0 else None
+        if seg_weight > 0 and size % 2**seg_depth:
+            raise ValueError(f"vaegan: seg_depth {seg_depth} needs an image side divisible by {2**seg_depth}, "
+                             f"got {size}; lower seg_depth")
+        if seg_weight > 0:  # built only when used: checkpoints without it stay loadable
+            self.seg_net = UNet(spec.channels, 1, seg_channels, seg_depth, norm="group").to(self.device)
+            self.opt_s = torch.optim.Adam(self.seg_net.parameters(), lr=lr_s, betas=tuple(adam_betas))
         # Running Gaussian fit of the encoder's latents (kept for either prior; sampled if "fitted").
         self.latent_prior = FittedPrior(z_dim).to(self.device)
         # Own random sources (latent noise, augmentation) so a resumed run is bit-for-bit the same.
@@ -196,6 +220,8 @@ class VAEGAN(Generator):
         stats: dict[str, float] = {}
         if use_gan:
             stats.update(self.d_step(real, fake.detach()))
+        if self.seg_weight > 0:  # from step 0, so S reads real glands by the time G is held to it
+            stats.update(self.seg_step(batch))
 
         # 3. G step: VAE loss + feature matching + adversarial, D frozen.
         l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
@@ -225,6 +251,15 @@ class VAEGAN(Generator):
                            + losses.g_adv_loss(d_prior.float(), self.adv_loss_kind))
             loss = loss + self.fm_weight * l_fm + self.adv_weight * l_adv
             stats.update(g_fm=l_fm.item(), g_adv=l_adv.item())
+        if use_gan and self.seg_weight > 0:
+            # The image must show its own mask to a segmenter that learned from real pairs only; the
+            # mask is the target (detached), so the gradient changes the image, not the mask.
+            self.seg_net.requires_grad_(False)
+            with self.autocast():
+                s_logits = self.seg_net(image)
+            l_seg = sum(losses.mask_loss(s_logits.float(), torch.sigmoid(logits).detach()))
+            loss = loss + self.seg_weight * l_seg
+            stats["g_seg"] = l_seg.item()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -272,6 +307,27 @@ class VAEGAN(Generator):
         d_loss.backward()
         self.opt_d.step()
         return stats
+
+    def seg_step(self, batch: Batch) -> dict[str, float]:
+        """One update of the consistency segmenter S on the real pairs of this batch (never on generated ones)."""
+        self.seg_net.requires_grad_(True)
+        with self.autocast():
+            s_logits = self.seg_net(batch.image)
+        s_loss = sum(losses.mask_loss(s_logits.float(), batch.mask))
+        self.opt_s.zero_grad(set_to_none=True)
+        s_loss.backward()
+        self.opt_s.step()
+        return {"s_loss": s_loss.item()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """As the base class, with the fix named when only the consistency segmenter differs."""
+        has_seg, wants_seg = "seg_net" in state, self.seg_weight > 0
+        if has_seg != wants_seg:
+            raise KeyError("vaegan checkpoint " + ("has a consistency segmenter (it was trained with seg_weight > 0); "
+                                                   "resume with --set generator.seg_weight=<its value>" if has_seg else
+                                                   "has no consistency segmenter (trained with seg_weight 0, or "
+                                                   "before the option existed); resume with --set generator.seg_weight=0"))
+        super().load_state_dict(state)
 
     def draw_latents(self, eps: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Latents from standard normal ``eps``: scaled by ``temperature`` (default: the sampling one), then mapped by the prior."""

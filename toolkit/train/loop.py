@@ -20,7 +20,7 @@ from toolkit.data.slices import SliceSet
 from toolkit.plugin import Generator
 from toolkit.runtime import Runtime
 from toolkit.settings import TrainSettings
-from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from toolkit.train.distributed import DistInfo, average_gradients_before_step, broadcast_modules
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import Sampler
@@ -108,6 +108,20 @@ def resume_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dic
     return load_checkpoint(ckpt, map_location=map_location) if ckpt.exists() else None
 
 
+def load_generator_state(gen: Generator, state: dict[str, Any], ckpt: Path) -> None:
+    """Load a checkpoint's generator state, or raise CheckpointError naming the file and what differs.
+
+    A run's settings can build other networks than the ones that wrote its
+    checkpoint (a ``--set`` on resume, or a newer default the saved config.yaml
+    does not mention); the generator's message says which.
+    """
+    try:
+        gen.load_state_dict(state["generator"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise CheckpointError(f"{ckpt} does not fit the model these settings build: {detail}") from None
+
+
 def train_generator(
     gen: Generator,
     train: SliceSet,
@@ -160,7 +174,7 @@ def train_generator(
     # Resume: networks, optimizers, EMA and RNG states from the last checkpoint.
     start, spent = 0, 0.0
     if state is not None:
-        gen.load_state_dict(state["generator"])
+        load_generator_state(gen, state, ckpt)
         set_rng_state(state["rng"])
         start = int(state["step"])
         spent = float(state.get("train_seconds", 0.0))  # training seconds of the sessions before this one

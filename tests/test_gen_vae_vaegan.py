@@ -512,3 +512,5 @@ def test_vaegan_seg_depth_must_divide_the_image() -> None:
     with pytest.raises(ValueError, match="seg_depth 5 needs an image side divisible by 32"):
         build("vaegan", size=16, seg_weight=1.0, seg_depth=5)
     build("vaegan", size=16, seg_weight=0.0, seg_depth=5)  # unused: no error
+    with pytest.raises(ValueError, match="seg_weight must be >= 0"):
+        build("vaegan", seg_weight=-0.1)

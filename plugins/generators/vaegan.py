@@ -186,6 +186,8 @@ class VAEGAN(Generator):
         self.opt_g = torch.optim.Adam(g_params, lr=lr_g, betas=tuple(adam_betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=tuple(adam_betas))
         self.ema = EMA(self.decoder, ema_decay) if ema_decay > 0 else None
+        if seg_weight < 0:
+            raise ValueError(f"vaegan: seg_weight must be >= 0 (0: off), got {seg_weight}")
         if seg_weight > 0 and size % 2**seg_depth:
             raise ValueError(f"vaegan: seg_depth {seg_depth} needs an image side divisible by {2**seg_depth}, "
                              f"got {size}; lower seg_depth")

@@ -352,7 +352,7 @@ def test_vaegan_yaml_and_class_defaults_agree_on_d() -> None:
     settings = yaml_generator_settings("vaegan")
     params = inspect.signature(GENERATORS.get("vaegan").__init__).parameters
     for key in ("d_spectral_norm", "diffaug", "diffaug_cutout", "lr_d", "d_channels", "r1_gamma", "fm_weight",
-                "mismatch_weight", "mask_tv_weight", "mask_area_weight"):
+                "mismatch_weight", "mask_tv_weight", "mask_area_weight", "seg_weight", "seg_channels", "seg_depth"):
         assert key in settings, key
         assert settings[key] == params[key].default, key
 

@@ -104,7 +104,7 @@ class VAEGAN(Generator):
     """VAE of (image, mask) pairs with a PatchGAN discriminator and feature matching."""
 
     tiny: ClassVar[dict[str, Any]] = {
-        "base_channels": 4, "max_channels": 16, "z_dim": 8, "d_channels": 4, "d_max_channels": 16,
+        "base_channels": 4, "max_channels": 16, "z_dim": 8, "d_channels": 4, "d_max_channels": 16, "seg_channels": 4,
         "adv_start_step": 0,  # so short tests exercise the GAN terms
     }
 
@@ -146,7 +146,7 @@ class VAEGAN(Generator):
         temperature: float = 1.0,  # std of the prior when sampling (< 1: safer, less varied samples); training draws from the whole prior
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
         prior_fraction: float = 0.5,  # prior samples per real pair in each step, for D and the adversarial loss
-        seg_weight: float = 0.0,  # weight of the segmentation-consistency loss: the own segmenter S must find each decoded mask in its image; 0: off
+        seg_weight: float = 0.1,  # weight of the segmentation-consistency loss: the own segmenter S must find each decoded mask in its image; 0: off
         seg_channels: int = 8,  # S's first-level channels (a U-Net trained alongside on the real pairs only)
         seg_depth: int = 3,  # S's downsamplings
         lr_s: float = 1e-3,  # Adam learning rate of S

@@ -241,6 +241,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
     from toolkit.config import ConfigError
     from toolkit.registry import GENERATORS, RegistryError
     from toolkit.rundir import RunError
+    from toolkit.train.checkpoint import CheckpointError
 
     if executor == "ray" and not plan_only and not ray_installed():
         raise click.ClickException('--executor ray needs the ray package: pip install -e ".[ray]" (or pip install '
@@ -273,7 +274,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
         bench = run_benchmark(plan, out=out, name=name, executor=run, plugins=plugins)
     except ValueError as exc:  # a bad number in a comma list
         raise click.ClickException(str(exc)) from None
-    except (ConfigError, RegistryError, RunError, RayMissing, OSError) as exc:
+    except (ConfigError, RegistryError, RunError, RayMissing, OSError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo((bench / "leaderboard.md").read_text())
     click.echo(f"Leaderboard: {bench / 'leaderboard.md'} (.csv, .json), plots: {bench / 'plots'}")

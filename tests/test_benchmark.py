@@ -100,6 +100,20 @@ def test_a_resumed_benchmark_keeps_finished_cells(bench):
     assert mtimes == bench["mtimes"] and len(mtimes) == 4
 
 
+def test_a_cell_checkpoint_that_cannot_be_loaded_is_a_clear_error(bench, tmp_path, monkeypatch):
+    """Resuming an unfinished cell whose checkpoint does not load names the file, without a traceback."""
+    import shutil
+
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    shutil.copytree(bench["dir"], tmp_path / "b")
+    cell = sorted((tmp_path / "b" / "cells").glob("toy-*"))[0]
+    (cell / "results.json").unlink()  # unfinished: the benchmark resumes it from its checkpoint
+    (cell / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, [*ARGS, "--out", str(tmp_path), "--name", "b"])
+    assert result.exit_code != 0 and "last.pt" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 def test_another_plan_in_the_same_folder_is_refused(bench, tmp_path):
     other = [a if a != "2" else "3" for a in ARGS]
     result = CliRunner().invoke(main, [*other, "--out", str(bench["dir"].parent), "--name", "b"])

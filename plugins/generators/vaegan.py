@@ -189,10 +189,10 @@ class VAEGAN(Generator):
         self.ema = EMA(self.decoder, ema_decay) if ema_decay > 0 else None
         if seg_weight < 0:
             raise ValueError(f"vaegan: seg_weight must be >= 0 (0: off), got {seg_weight}")
-        if seg_weight > 0 and size % 2**seg_depth:
-            raise ValueError(f"vaegan: seg_depth {seg_depth} needs an image side divisible by {2**seg_depth}, "
-                             f"got {size}; lower seg_depth")
         if seg_weight > 0:  # built only when used: checkpoints without it stay loadable
+            if size % 2**seg_depth:
+                raise ValueError(f"vaegan: seg_depth {seg_depth} needs an image side divisible by {2**seg_depth}, "
+                                 f"got {size}; lower seg_depth")
             self.seg_net = UNet(spec.channels, 1, seg_channels, seg_depth, norm="group").to(self.device)
             self.opt_s = torch.optim.Adam(self.seg_net.parameters(), lr=lr_s, betas=tuple(adam_betas))
         # Running Gaussian fit of the encoder's latents (kept for either prior; sampled if "fitted").

@@ -19,7 +19,7 @@ from toolkit.settings import SegSettings
 
 SIZE = 32
 # A tiny segmenter (seconds), and one where the U-Net learns the ellipses reliably in seconds.
-LEARNS_SEG = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=15, precision="fp32",
+LEARNS_SEG = SegSettings(steps=60, schedule="constant", batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=15, precision="fp32",
                          threads=1)
 
 

@@ -17,7 +17,8 @@ from toolkit.seg.report import per_patient_plot
 from toolkit.seg.train import Pool, dice_bce_loss, train_unet
 from toolkit.settings import SegSettings
 
-TINY = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32")
+TINY = SegSettings(steps=60, batch_size=8, lr=3e-3, base_channels=8, depth=2, val_every=30, precision="fp32",
+                   schedule="constant")
 
 
 def test_unet_shapes_encode_and_size_check():

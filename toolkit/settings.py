@@ -155,8 +155,16 @@ class SegSettings(Section):
     base_channels: PositiveInt = 16  # U-Net width of the first level
     depth: PositiveInt = 4  # U-Net downsamplings (4: 64 x 64 -> 4 x 4)
     norm: Literal["batch", "instance", "group", "none"] = "batch"
+    # Learning rate over the steps: cosine (linear warm-up over `warmup` of the steps, then cosine decay
+    # to 0; converges inside its budget, benchmarks/results/seg_learning_curve.md) or constant.
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: Annotated[float, Range(min=0, max=0.5)] = 0.05  # share of the steps spent warming up (cosine)
     val_every: PositiveInt = 50  # steps between validations (model selection); the last step always
-    augment: bool = True  # flips, small affine and intensity jitter on every training batch
+    patience: NonNegativeInt = 0  # early stopping: validations without a better val Dice before stopping; 0: off
+    # Augmentation of every training batch, real and synthetic alike: none; standard (flips, small affine,
+    # gamma and intensity jitter); strong (nnU-Net-style: larger affine, elastic, gamma, brightness,
+    # contrast, low resolution, blur, noise). true/false (older configs) read as standard/none.
+    augment: Literal["none", "standard", "strong"] | bool = "standard"
     elastic: NonNegativeFloat = 0.0  # elastic deformation strength (0: off)
     precision: Precision = "auto"  # auto: bf16 where the hardware runs it natively, else fp32
     channels_last: bool = True  # NHWC layout (faster convolutions on CPUs with oneDNN)
@@ -165,6 +173,11 @@ class SegSettings(Section):
     # train_unet's at 1 thread, whatever the count). auto: the idle cores when threads is None, else 1
     # (in this process at `threads`). 1: in this process at the current count (`threads`).
     processes: PositiveInt | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.augment, bool):  # the older boolean key
+            object.__setattr__(self, "augment", "standard" if self.augment else "none")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that decide the weights (threads are keyed separately, as the count in effect;

@@ -111,3 +111,72 @@ def augment_batch(
     b = _uniform(n, -intensity_shift, intensity_shift, generator).view(n, 1, 1, 1)
     image = (image * (1 + a) + b).clamp(-1, 1)
     return image.to(dtype), mask.to(dtype)
+
+
+#: Segmenter augmentation levels (``seg.augment``), weakest first.
+LEVELS = ("none", "standard", "strong")
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image [N, 1, H, W] with its own Gaussian ``sigma`` [N] (pixels); sigma 0 keeps it as it is."""
+    radius = 3
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-x[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # [N, 7], separable
+    n = image.shape[0]
+    out = (image + 1).transpose(0, 1)  # [1, N, H, W]; pad with the background (0 after the shift)
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0)), kernel[:, None, None, :], groups=n)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius)), kernel[:, None, :, None], groups=n)
+    return out.transpose(0, 1) - 1
+
+
+def augment_strong(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                   elastic: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """What nnU-Net-style 2D pipelines apply, at this toolkit's slice size; deterministic given ``generator``.
+
+    Geometry: rotation +-30 deg, zoom 0.7-1.3, shift +-10%, elastic (at least 0.04), on 90% of pairs.
+    Intensity, each on a share of pairs as nnU-Net does: gamma 0.6-1.4 (all), brightness x0.75-1.25
+    (15%), contrast 0.75-1.25 about the image mean (15%), low resolution (25%: down to 0.5-1x, back
+    up), Gaussian blur sigma 0.5-1 px (20%), Gaussian noise std up to 0.1 (15%). Every random number is
+    drawn for every pair, used or not, so a batch's draws never depend on which operations fired.
+    """
+    image, mask = augment_batch(image, mask, generator, rotate_deg=30.0, scale=0.3, translate=0.1,
+                                intensity_scale=0.0, intensity_shift=0.0, gamma=0.4,
+                                elastic=max(elastic, 0.04), p_affine=0.9)
+    n, _, h, w = image.shape
+    dtype = image.dtype
+    image = image.float()
+
+    def pick(p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) < p).float().view(n, 1, 1, 1)
+
+    use, factor = pick(0.15), _uniform(n, 0.75, 1.25, generator).view(n, 1, 1, 1)
+    image = torch.where(use > 0, (image + 1) * factor - 1, image)  # brightness on [0, 2]
+    use, factor = pick(0.15), _uniform(n, 0.75, 1.25, generator).view(n, 1, 1, 1)
+    mean = image.mean(dim=(2, 3), keepdim=True)
+    image = torch.where(use > 0, (image - mean) * factor + mean, image)
+    use, zoom = pick(0.25), _uniform(n, 0.5, 1.0, generator)
+    low = torch.stack([
+        F.interpolate(F.interpolate(image[i:i + 1], size=(max(1, round(h * float(z))), max(1, round(w * float(z)))),
+                                    mode="nearest"), size=(h, w), mode="bicubic", align_corners=False)[0]
+        for i, z in enumerate(zoom)])
+    image = torch.where(use > 0, low, image)
+    use, sigma = pick(0.2), _uniform(n, 0.5, 1.0, generator)
+    image = torch.where(use > 0, _gaussian_blur(image, sigma), image)
+    use, std = pick(0.15), _uniform(n, 0.0, 0.1, generator).view(n, 1, 1, 1)
+    noise = torch.randn(image.shape, generator=generator) * std
+    image = torch.where(use > 0, image + noise, image)
+    return image.clamp(-1, 1).to(dtype), mask
+
+
+def augment_level(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, level: str,
+                  elastic: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a segmenter batch at ``level`` (``seg.augment``): none, standard (:func:`augment_batch`'s
+    defaults plus ``elastic``) or strong (:func:`augment_strong`)."""
+    if level == "none":
+        return image, mask
+    if level == "standard":
+        return augment_batch(image, mask, generator, elastic=elastic)
+    if level == "strong":
+        return augment_strong(image, mask, generator, elastic=elastic)
+    raise ValueError(f"seg.augment must be one of {', '.join(LEVELS)}, got {level!r}")

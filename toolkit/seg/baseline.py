@@ -32,7 +32,7 @@ from toolkit.seg.train import Pool, TrainResult, build_unet
 from toolkit.settings import SegSettings
 
 #: Bump when training changes in a way the settings do not show, to invalidate old caches.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Feed, schedule and augmentation levels (protocol v2)
 
 
 class BaselineStore:
@@ -142,7 +142,8 @@ class BaselineStore:
             model = model.to(memory_format=torch.channels_last)
         model.eval()
         return TrainResult(model, state["best_step"], state["best_val_dice"], state["seconds"],
-                           [tuple(h) for h in state["history"]])
+                           [tuple(h) for h in state["history"]], steps_done=state["steps_done"],
+                           images_seen=state["images_seen"])
 
     def _save(self, path: Path, result: TrainResult, seed: int) -> None:
         state = {
@@ -153,5 +154,7 @@ class BaselineStore:
             "best_val_dice": result.best_val_dice,
             "seconds": result.seconds,
             "history": [list(h) for h in result.history],
+            "steps_done": result.steps_done,
+            "images_seen": result.images_seen,
         }
         atomic_write(path, lambda f: torch.save(state, f))  # a killed run never leaves a half-written baseline

@@ -65,22 +65,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.data.augment import augment_batch
 from toolkit.data.slices import SliceSet
 from toolkit.nn.unet import UNet
 from toolkit.runtime import autocast, resolve_precision
 from toolkit.seg.metrics import dice
 from toolkit.seg.predict import stack_volumes
-from toolkit.seg.train import Pool, TrainResult, _draw, build_unet, train_unet
+from toolkit.seg.train import (
+    Feed,
+    Pool,
+    Selection,
+    TrainResult,
+    build_unet,
+    draw_batch,
+    is_validation_step,
+    lr_at,
+    set_lr,
+    train_unet,
+)
 from toolkit.settings import SegSettings
 
 
 @dataclass(frozen=True)
 class Job:
-    """One U-Net to train: the pools its batches come from and its seed (as ``train_unet(pools, ..., seed)``)."""
+    """One U-Net to train: its feed (or the pools its batches come from) and its seed
+    (as ``train_unet(pools, ..., seed)``)."""
 
-    pools: list[Pool]
+    pools: Feed | list[Pool]
     seed: int
+
+    @property
+    def feed(self) -> Feed:
+        return Feed.of(self.pools)
 
 
 # The grouped network ------------------------------------------------------------------------
@@ -293,8 +308,18 @@ def _chunks(n: int, parts: int) -> list[range]:
 def _train_here(jobs: list[Job], val: SliceSet, config: SegSettings, device: torch.device, log: object | None,
                 grouped: bool, block: int) -> list[TrainResult]:
     """The jobs in this process: as one grouped network, or one after another with ``train_unet``."""
-    if grouped:
-        return _train_grouped(jobs, val, config, device, log, block)
+    if grouped:  # one grouped network per feed shape (every model of a group forwards the same batch size)
+        results: list[TrainResult | None] = [None] * len(jobs)
+        shapes: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            shapes.setdefault(job.feed.signature(), []).append(i)
+        for members in shapes.values():
+            group_log = None if log is None else (lambda i, *a, m=members: log(m[i], *a))
+            size = block if len(members) % block == 0 else 1
+            for i, result in zip(members, _train_grouped([jobs[i] for i in members], val, config, device,
+                                                         group_log, size)):
+                results[i] = result
+        return results
     results = []
     for i, job in enumerate(jobs):
         job_log = None if log is None else (lambda step, loss, dice, i=i: log(i, step, loss, dice))
@@ -356,7 +381,7 @@ def _worker(jobs: list[Job], val: SliceSet, config: SegSettings, threads: int, d
     """One process's share of :func:`train_unets` (plain data back: state dicts, not modules)."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
-    return [(r.model.state_dict(), r.best_step, r.best_val_dice, r.seconds, r.history)
+    return [(r.model.state_dict(), r.best_step, r.best_val_dice, r.seconds, r.history, r.steps_done, r.images_seen)
             for r in _train_here(jobs, val, config, torch.device("cpu"), None, grouped, block)]
 
 
@@ -522,13 +547,14 @@ def train_unets(
                                          grouped, block))
     results = []
     for output in outputs:
-        for state, best_step, best_dice, seconds, history in output:
+        for state, best_step, best_dice, seconds, history, steps_done, images_seen in output:
             model = build_unet(config)
             model.load_state_dict(state)
             if config.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             model.eval()
-            results.append(TrainResult(model, best_step, best_dice, seconds, [tuple(h) for h in history]))
+            results.append(TrainResult(model, best_step, best_dice, seconds, [tuple(h) for h in history],
+                                       steps_done=steps_done, images_seen=images_seen))
     if log is not None:
         for i, result in enumerate(results):
             for step, loss, val_dice in result.history:
@@ -555,30 +581,37 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+    feeds = [job.feed for job in jobs]
+    main = config.batch_size
+    extra_weights = torch.tensor([f.extra_weight for f in feeds], dtype=torch.float32, device=device)
 
     start = time.perf_counter()
     best_states: list[dict | None] = [None] * k
-    best_steps, best_dice = [0] * k, [-1.0] * k
+    selections = [Selection(config.patience) for _ in jobs]
+    steps_done = [0] * k
     histories: list[list[tuple[int, float, float]]] = [[] for _ in jobs]
     running = torch.zeros(k, dtype=torch.float64)
     last_val = 0
     for step in range(1, config.steps + 1):
         # Each job draws and augments its own batch from its own generator, as train_unet does.
         images, masks = [], []
-        for job, generator in zip(jobs, generators):
-            image, mask = _draw(job.pools, config.batch_size, generator)
-            if config.augment:
-                image, mask = augment_batch(image, mask, generator, elastic=config.elastic)
+        for feed, generator in zip(feeds, generators):
+            image, mask = draw_batch(feed, step, config, generator)
             images.append(image)
             masks.append(mask)
         image = torch.cat(images, dim=1).to(device).contiguous(memory_format=memory_format)
         mask = torch.cat(masks, dim=1).to(device)
 
-        # One optimizer step of all K models: the sum of the per-job losses.
+        # One optimizer step of all K models: the sum of the per-job losses (feed_loss, per job).
         net.train()
+        set_lr(optimizer, lr_at(step, config))
         with autocast(device, amp_dtype):
             logits = net(image)
-        losses = grouped_loss(logits, mask)
+        if feeds[0].extra_size:
+            losses = grouped_loss(logits[:main], mask[:main]) + \
+                extra_weights * grouped_loss(logits[main:], mask[main:])
+        else:
+            losses = grouped_loss(logits, mask)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         values = losses.detach().double().cpu()
@@ -589,22 +622,27 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
         optimizer.step()
         running += values
 
-        # Validate all models in one grouped pass; each job keeps its best state.
-        if step % config.val_every == 0 or step == config.steps:
+        # Validate all models in one grouped pass; each job keeps its best state (a job that stopped
+        # early keeps its state and history as of its stop; the others go on).
+        if is_validation_step(step, config):
             val_dice = grouped_volume_dice(net, val, device=device, amp_dtype=amp_dtype,
                                            channels_last=config.channels_last)
             n_loss = step - last_val
             last_val = step
             state = None
             for i in range(k):
+                if selections[i].stopped:
+                    continue
+                steps_done[i] = step
                 histories[i].append((step, float(running[i]) / n_loss, val_dice[i]))
                 if log is not None:
                     log(i, step, histories[i][-1][1], val_dice[i])
-                if val_dice[i] > best_dice[i]:
+                if selections[i].update(step, val_dice[i]):
                     state = net.state_dict() if state is None else state
                     best_states[i] = unpack_state(state, k, i, block)
-                    best_steps[i], best_dice[i] = step, val_dice[i]
             running.zero_()
+            if all(s.stopped for s in selections):
+                break
     seconds = time.perf_counter() - start
 
     results = []
@@ -615,7 +653,9 @@ def _train_grouped(jobs: list[Job], val: SliceSet, config: SegSettings, device: 
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.eval()
-        results.append(TrainResult(model, best_steps[i], best_dice[i], seconds / k, histories[i]))
+        results.append(TrainResult(model, selections[i].best_step, selections[i].best_dice, seconds / k,
+                                   histories[i], steps_done=steps_done[i],
+                                   images_seen=steps_done[i] * feeds[i].images_per_step(main)))
     return results
 
 

@@ -106,7 +106,7 @@ class FakeWriter:
         pass
 
 
-LEARNS = {"seeds": 2, "tstr": False}
+LEARNS = {"seeds": 2, "tstr": False, "modes": ("replace", "add")}  # replace first: the primary dice_gain
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,19 @@ def test_noise_gives_clearly_negative_gain_and_oracle_does_not(oracle_and_noise)
     assert oracle["dice_gain"] - noise["dice_gain"] > 0.1
     assert noise["dice_gain_n_worsened"] >= 3
     assert set(EVALUATORS.get("dice_gain").metrics) <= set(oracle)
+
+
+def test_each_mode_is_its_own_arm_and_add_keeps_the_full_real_batch(oracle_and_noise):
+    noise = oracle_and_noise["noise"]
+    assert noise["dice_gain_replace"] == noise["dice_gain"]  # the primary mode is the first
+    assert noise["images_per_step_replace"] == 8 and noise["images_per_step_add"] == 16  # ratio 1, batch 8
+    # Noise replacing half of each batch costs real exposure; added on top of a full real batch it costs less.
+    assert noise["dice_gain_add"] > noise["dice_gain_replace"] + 0.05
+    assert {"dice_gain_add_ci_low", "dice_gain_add_mde80", "converged_baseline", "converged_add"} <= set(noise)
+
+
+def test_tstr_off_and_one_baseline_for_both(oracle_and_noise):
+    oracle, noise = oracle_and_noise["oracle"], oracle_and_noise["noise"]
     assert np.isnan(oracle["dice_tstr"])  # switched off in these settings
     # The same baseline serves both: its Dice is identical.
     assert oracle["dice_baseline"] == noise["dice_baseline"]
@@ -198,8 +211,8 @@ def test_outputs_tables_figure_and_tensorboard(oracle_and_noise):
     out = ctx.run_dir / "dice_gain"
     with open(out / "per_patient.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 2 * 4  # arms x seeds x test patients
-    assert {r["arm"] for r in rows} == {"baseline", "augmented"}
+    assert len(rows) == 3 * 2 * 4  # arms (baseline, replace, add) x seeds x test patients
+    assert {r["arm"] for r in rows} == {"baseline", "replace", "add"}
     with open(out / "gains.csv") as f:
         gains = list(csv.DictReader(f))
     assert [g["patient"] for g in gains] == ["test00", "test01", "test02", "test03"]

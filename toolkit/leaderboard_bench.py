@@ -45,6 +45,14 @@ QUALITY = {  # leaderboard column -> (evaluator, metric)
 }
 
 
+def primary_arm(run_dir: Path) -> str:
+    """The arm a cell's gain is measured on: its primary usage mode (cells scored before modes: augmented)."""
+    summary = run_dir / "dice_gain" / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("primary_mode", "augmented")
+    return "augmented"
+
+
 def per_patient_diffs(run_dir: Path) -> tuple[list[str], np.ndarray]:
     """Test patients and the [U-Net seeds, patients] Dice differences augmented - baseline of one cell."""
     with open(run_dir / "dice_gain" / "per_patient.csv") as f:
@@ -52,7 +60,8 @@ def per_patient_diffs(run_dir: Path) -> tuple[list[str], np.ndarray]:
     patients = sorted({r["patient"] for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
     dice = {(r["arm"], int(r["seed"]), r["patient"]): float(r["dice"]) for r in rows}
-    diff = np.array([[dice[("augmented", s, p)] - dice[("baseline", s, p)] for p in patients] for s in seeds])
+    arm = primary_arm(run_dir)
+    diff = np.array([[dice[(arm, s, p)] - dice[("baseline", s, p)] for p in patients] for s in seeds])
     return patients, diff
 
 

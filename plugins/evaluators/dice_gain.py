@@ -5,10 +5,14 @@ Protocol (docs/evaluation.md has the full text):
 1. Baseline: a U-Net trained on the real training slices (cached per data,
    split, segmenter settings and seed; ``ctx.baselines``). The U-Net's
    settings are the core ``seg`` section, shared with the ``seg`` feature space.
-2. Augmented: the same U-Net, same seed, same number of optimizer steps, on
-   batches drawn from real and synthetic slices at ``ratio`` synthetic:real.
+2. Usage modes (``modes``, each a scored arm; the first is the primary ``dice_gain``), same U-Net,
+   seed and optimizer steps: ``replace`` (batches drawn at ``ratio`` synthetic:real), ``add`` (a full
+   real batch plus ``ratio`` x batch synthetic pairs every step, their loss weighted by
+   ``synthetic_weight``), ``pretrain`` (synthetic only for ``pretrain_share`` of the steps, then real);
+   ``compute_control`` adds ``add_real``: add's extra items spent on more augmented real pairs, so
+   that ``add`` wins only by its data (``dice_gain_add_vs_add_real``).
 3. TSTR: the same, on synthetic slices only.
-4. Controls (optional): the synthetic pool replaced by real slices resampled
+4. Controls (optional), used as the primary mode uses the synthetic pool: the synthetic pool replaced by real slices resampled
    to the synthetic set's share of gland slices (``balanced_real``), and
    additionally blurred to its sharpness (``blurred_real``); the positive
    control ``extra_real``: real pairs of patients outside every split.
@@ -27,10 +31,11 @@ measured seed, patient and residual variance components).
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import json
 import logging
 import time
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -45,7 +50,13 @@ from toolkit.seg.controls import CONTROLS, blur, gland_share_weights, match_shar
 from toolkit.seg.predict import predict_probs, score_patients
 from toolkit.seg.report import per_patient_plot, save_png, write_csv
 from toolkit.seg.stats import movers, paired_summary
-from toolkit.seg.train import Pool, TrainResult
+from toolkit.seg.train import Feed, Pool, TrainResult
+
+#: How an arm uses its synthetic (or control) pairs; see :meth:`DiceGain.feed`.
+Mode = Literal["replace", "add", "pretrain"]
+MODES = ("replace", "add", "pretrain")
+#: The equal-compute control of ``add``: the extra items are more augmented real pairs.
+ADD_REAL = "add_real"
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +113,14 @@ class DiceGain(Evaluator):
         controls: tuple[str, ...] = (),  # control arms: balanced_real, blurred_real, extra_real (positive)
         label_fidelity: bool = True,  # baseline U-Net Dice on synthetic images vs their masks
         bootstrap: Annotated[int, Range(min=100)] = 2000,  # bootstrap resamples for the 95% CI
+        # How the synthetic pairs are used, each a scored arm against the same baseline; the first is the
+        # primary `dice_gain` (and the one the controls follow). replace: batches drawn at ratio
+        # synthetic:real; add: a full real batch plus ratio x batch synthetic pairs every step, their loss
+        # weighted by synthetic_weight; pretrain: synthetic only for pretrain_share of the steps, then real.
+        modes: tuple[Mode, ...] = ("add",),
+        synthetic_weight: Annotated[float, Range(min=0)] = 1.0,  # add: loss weight of the synthetic part
+        pretrain_share: Annotated[float, Range(min=0, max=1, min_open=True, max_open=True)] = 0.5,
+        compute_control: bool = False,  # add: also an arm spending the extra items on augmented real pairs
     ) -> None:
         unknown = sorted(set(controls) - set(CONTROLS))
         if unknown:
@@ -113,6 +132,12 @@ class DiceGain(Evaluator):
         self.controls = tuple(controls)
         self.label_fidelity = label_fidelity
         self.bootstrap = bootstrap
+        if not modes:
+            raise ValueError("evaluators.dice_gain.modes: give at least one of " + ", ".join(MODES))
+        self.modes = tuple(dict.fromkeys(modes))
+        self.synthetic_weight = float(synthetic_weight)
+        self.pretrain_share = float(pretrain_share)
+        self.compute_control = compute_control
 
     # The evaluation -------------------------------------------------------------------------
 
@@ -122,41 +147,51 @@ class DiceGain(Evaluator):
         with reproducible(how.threads, ctx.device) as threads:
             return self._evaluate(ctx, threads, how.processes)
 
-    def _arms(self, ctx: EvalContext) -> tuple[dict[str, list[Pool]], dict[str, float]]:
-        """The training pools of every non-baseline arm, and facts about the controls."""
-        real, synthetic = ctx.train, ctx.synthetic
-        arms = {"augmented": [Pool.of(real, name="real"), Pool.of(synthetic, share=self.ratio, name="synthetic")]}
+    def feed(self, mode: str, real: Pool, other: Pool, seg) -> Feed:
+        """One arm's batches: the real training pool used with ``other`` (synthetic or a control) by ``mode``."""
+        if mode == "replace":
+            return Feed((real, replace(other, share=self.ratio)))
+        if mode in ("add", ADD_REAL):
+            return Feed((real,), extra=(other,), extra_size=max(1, round(self.ratio * seg.batch_size)),
+                        extra_weight=self.synthetic_weight)
+        if mode == "pretrain":
+            return Feed((real,), pretrain=(other,), pretrain_steps=max(1, round(self.pretrain_share * seg.steps)))
+        raise ValueError(f"evaluators.dice_gain.modes: unknown mode {mode!r}; valid: {', '.join(MODES)}")
+
+    def _arms(self, ctx: EvalContext) -> tuple[dict[str, Feed], dict[str, float]]:
+        """The feed of every non-baseline arm (one per mode, TSTR, controls), and facts about the controls."""
+        real_set, synthetic_set = ctx.train, ctx.synthetic
+        real, synthetic = Pool.of(real_set, name="real"), Pool.of(synthetic_set, name="synthetic")
+        primary = self.modes[0]
+        arms = {mode: self.feed(mode, real, synthetic, ctx.seg) for mode in self.modes}
+        if self.compute_control:
+            arms[ADD_REAL] = self.feed(ADD_REAL, real, Pool.of(real_set, name="add_real"), ctx.seg)
         if self.tstr:
-            arms["tstr"] = [Pool.of(synthetic, name="synthetic")]
+            arms["tstr"] = Feed((synthetic,))
         info: dict[str, float] = {
-            "synthetic_gland_share": float(synthetic.has_gland().mean()),
-            "real_gland_share": float(real.has_gland().mean()),
+            "synthetic_gland_share": float(synthetic_set.has_gland().mean()),
+            "real_gland_share": float(real_set.has_gland().mean()),
         }
-        if self.controls:
-            weights, achieved = gland_share_weights(real.has_gland(), info["synthetic_gland_share"])
+        if self.controls:  # each replaces the synthetic pool in the primary mode's feed
+            weights, achieved = gland_share_weights(real_set.has_gland(), info["synthetic_gland_share"])
             info["control_gland_share"] = achieved
             if "balanced_real" in self.controls:
-                arms["balanced_real"] = [
-                    Pool.of(real, name="real"),
-                    Pool.of(real, share=self.ratio, weights=weights, name="balanced_real"),
-                ]
+                arms["balanced_real"] = self.feed(primary, real, Pool.of(real_set, weights=weights,
+                                                                         name="balanced_real"), ctx.seg)
             if "blurred_real" in self.controls:
                 # Match sharpness on a fixed subset (first 256 of each), enough for a mean gradient.
-                sigma = match_sharpness(real.to_batch(slice(0, 256)).image,
-                                        synthetic.to_batch(slice(0, 256)).image)
+                sigma = match_sharpness(real_set.to_batch(slice(0, 256)).image,
+                                        synthetic_set.to_batch(slice(0, 256)).image)
                 info["blurred_real_sigma"] = sigma
-                arms["blurred_real"] = [
-                    Pool.of(real, name="real"),
-                    Pool.of(real, share=self.ratio, weights=weights, name="blurred_real",
-                            transform=functools.partial(blur, sigma=sigma)),  # picklable for workers
-                ]
+                arms["blurred_real"] = self.feed(primary, real, Pool.of(
+                    real_set, weights=weights, name="blurred_real",
+                    transform=functools.partial(blur, sigma=sigma)), ctx.seg)  # picklable for workers
             if "extra_real" in self.controls:
                 if ctx.extra is None or len(ctx.extra) == 0:
                     raise ValueError("dice_gain: the extra_real control needs real patients outside every split: "
                                      "set split.train_pool larger than split.n_train_patients")
                 info["extra_real_patients"] = float(len(ctx.extra.patients()))
-                arms["extra_real"] = [Pool.of(real, name="real"),
-                                      Pool.of(ctx.extra, share=self.ratio, name="extra_real")]
+                arms["extra_real"] = self.feed(primary, real, Pool.of(ctx.extra, name="extra_real"), ctx.seg)
         return arms, info
 
     def _evaluate(self, ctx: EvalContext, threads: int, processes: int) -> dict[str, float]:
@@ -190,6 +225,7 @@ class DiceGain(Evaluator):
         hd = {arm: np.zeros((len(seeds), len(patients))) for arm in arm_names}
         rows, arm_rows = [], []
         baseline_models: list[TrainResult] = []  # seed order
+        converged = {arm: [] for arm in arm_names}
         for i, seed in enumerate(seeds):
             for arm in arm_names:
                 if arm == "baseline":
@@ -205,20 +241,41 @@ class DiceGain(Evaluator):
                 for j, s in enumerate(scores):
                     dice[arm][i, j], hd[arm][i, j] = s.dice, s.hd95
                     rows.append({"arm": arm, "seed": seed, **vars(s)})
+                facts = result.convergence(seg.steps)
+                converged[arm].append(facts["converged"])
+                feed = ctx.baselines.job(seed).feed if arm == "baseline" else arms[arm]
                 arm_rows.append({
                     "arm": arm, "seed": seed, "dice_mean": float(dice[arm][i].mean()),
                     "best_step": result.best_step, "best_val_dice": float(result.best_val_dice),
+                    "steps_done": int(facts["steps_done"]), "late_rise": facts["late_rise"],
+                    "converged": int(facts["converged"]), "images_per_step": feed.images_per_step(seg.batch_size),
+                    "images_seen": result.images_seen,
                     "train_seconds": float(result.seconds), "trained_now": int(trained),
                 })
         baselines_trained = len(missing)
 
         # Statistics: the gain and its uncertainty, per arm summaries, controls.
-        gain = paired_summary(dice["baseline"], dice["augmented"], self.bootstrap, seed=0)
+        primary = self.modes[0]
+        gain = paired_summary(dice["baseline"], dice[primary], self.bootstrap, seed=0)
         metrics: dict[str, float] = gain.as_metrics("dice_gain")
         for arm in arm_names:
             metrics[f"dice_{arm}"] = float(dice[arm].mean())
             metrics[f"dice_{arm}_std"] = float(dice[arm].std(ddof=1)) if dice[arm].size > 1 else 0.0
             metrics[f"hd95_{arm}"] = float(hd[arm].mean())
+            metrics[f"converged_{arm}"] = float(np.mean(converged[arm]))  # share of seeds that converged
+        metrics["dice_augmented"] = metrics[f"dice_{primary}"]
+        for mode in [*self.modes, *([ADD_REAL] if self.compute_control else [])]:
+            metrics.update(paired_summary(dice["baseline"], dice[mode], self.bootstrap, seed=0)
+                           .as_metrics(f"dice_gain_{mode}"))
+            metrics[f"images_per_step_{mode}"] = float(arms[mode].images_per_step(seg.batch_size))
+        if self.compute_control and "add" in self.modes:  # add's gain from its data, not its compute
+            metrics.update(paired_summary(dice[ADD_REAL], dice["add"], self.bootstrap, seed=0)
+                           .as_metrics("dice_gain_add_vs_add_real"))
+        if metrics["converged_baseline"] < 1:
+            log.warning("dice_gain: the real-only baseline did not converge for %d of %d seed(s) (val Dice still "
+                        "rising over the last quarter of seg.steps=%d): gains are measured against an "
+                        "under-trained segmenter; raise seg.steps (benchmarks/results/seg_learning_curve.md)",
+                        round((1 - metrics["converged_baseline"]) * len(seeds)), len(seeds), seg.steps)
         # Declared metrics are always present; NaN marks an arm that was switched off.
         if self.tstr:
             metrics["tstr_gap"] = metrics["dice_tstr"] - metrics["dice_baseline"]
@@ -226,7 +283,7 @@ class DiceGain(Evaluator):
             metrics["dice_tstr"] = metrics["tstr_gap"] = float("nan")
         control_summaries = {}
         for control in self.controls:
-            summary = paired_summary(dice[control], dice["augmented"], self.bootstrap, seed=0)
+            summary = paired_summary(dice[control], dice[primary], self.bootstrap, seed=0)
             control_summaries[control] = summary
             metrics.update(summary.as_metrics(f"dice_gain_vs_{control}"))
             metrics.update(paired_summary(dice["baseline"], dice[control], self.bootstrap, seed=0)
@@ -243,6 +300,7 @@ class DiceGain(Evaluator):
             "seeds": float(len(seeds)),
             "steps": float(seg.steps),
             "ratio": self.ratio,
+            "synthetic_weight": self.synthetic_weight,
             "bf16": float(amp is torch.bfloat16),
             "n_train_patients": float(len(ctx.train.patients())),
             "n_test_patients": float(len(patients)),
@@ -301,7 +359,7 @@ class DiceGain(Evaluator):
         write_csv(out_dir / "gains.csv", gain_rows)
 
         figure = per_patient_plot(
-            patients, dice["baseline"].mean(0), dice["augmented"].mean(0),
+            patients, dice["baseline"].mean(0), dice[self.modes[0]].mean(0),
             title=f"Dice per test patient (mean of {self.seeds} seeds); gain {gain.mean:+.3f} "
                   f"[{gain.ci_low:+.3f}, {gain.ci_high:+.3f}]",
         )
@@ -312,6 +370,10 @@ class DiceGain(Evaluator):
             "moved_most": [{"patient": p, "gain": g} for p, g in movers(patients, gain.per_patient)],
             "segmenter": ctx.seg.to_dict(),
             "controls": list(self.controls),
+            "modes": list(self.modes),
+            "primary_mode": self.modes[0],
+            "compute_control": self.compute_control,
+            "baseline_converged": bool(metrics["converged_baseline"] == 1),
             "ci_covers": "U-Net seeds and test patients, for one training subset and one trained generator",
             "mde80": "smallest true gain this design detects with 80% power (two-sided, alpha 0.05), from the "
                      "measured seed, patient and residual variance of the gain",

@@ -31,10 +31,10 @@ measured seed, patient and residual variance components).
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np

@@ -189,6 +189,17 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
     click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
 
 
+def _names(text: str | None, option: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of choices, in order, once each; () when not given."""
+    if not text:
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise click.ClickException(f"{option}: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return names
+
+
 @main.command()
 @click.option("--generators", default=None, help="Comma-separated generators; default: every registered one.")
 @click.option("--profile", "-p", type=click.Choice(PROFILES), default="quick", help="Settings of every cell.")
@@ -208,6 +219,12 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
               help="Equal budgets: the profile's train.steps for every generator, or --budget-seconds each.")
 @click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--budget seconds: training seconds per generator (sets train.max_seconds in every cell).")
+@click.option("--modes", default=None, help="Comma-separated usage modes every trained cell is scored under "
+              "(replace, add, pretrain; arms of one evaluation, the first is the primary gain); default: the "
+              "config's evaluators.dice_gain.modes.")
+@click.option("--seg-augment", default=None, help="Comma-separated segmenter augmentation levels (none, standard, "
+              "strong): each trained cell's synthetic set is scored under every level, baselines per level; "
+              "default: the config's seg.augment.")
 @click.option("--plan", "plan_only", is_flag=True, help="Estimate the draws x seeds --target-effect needs and "
               "their wall time on this machine, then exit without training.")
 @click.option("--target-effect", type=click.FloatRange(min=0, min_open=True), default=0.03,
@@ -221,7 +238,7 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
 @click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder.")
 @plugins_option
 def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, jobs, executor, ray_address, budget,
-              budget_seconds, plan_only, target_effect, from_path, config_files, overrides, name, out, plugins):
+              budget_seconds, modes, seg_augment, plan_only, target_effect, from_path, config_files, overrides, name, out, plugins):
     """Rank generators by Dice gain over regimes x ratios x draws x seeds on one leaderboard.
 
     Each cell is a whole run under <out>/<name>/cells/; baselines are trained once per (regime, draw, U-Net seed)
@@ -264,7 +281,9 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
                                        "regimes, e.g. --train-patients 2,4")
         plan = Plan(generators=names, regimes=regimes, ratios=tuple(float(v) for v in ratios.split(",")),
                     draws=draws, seeds=seeds, profile=profile, config_files=tuple(config_files),
-                    overrides=(*overrides, *extra), budget=budget, budget_seconds=budget_seconds)
+                    overrides=(*overrides, *extra), budget=budget, budget_seconds=budget_seconds,
+                    modes=_names(modes, "--modes", ("replace", "add", "pretrain")),
+                    seg_augment=_names(seg_augment, "--seg-augment", ("none", "standard", "strong")))
         if plan_only:
             click.echo(format_estimate(estimate_plan(plan, target_effect, from_path=from_path, jobs=jobs)))
             return

@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,10 +57,20 @@ class Cell:
     ratio: float
     draw: int
     seed: int
+    augment: str = ""  # seg.augment of this cell's evaluation ("": the config's own)
+    rescored: bool = False  # True: scores the trained cell's synthetic set again at `augment`, trains nothing
 
     @property
     def name(self) -> str:
-        return f"{self.generator}-n{self.n_train}-r{self.ratio:g}-d{self.draw}-s{self.seed}"
+        base = f"{self.generator}-n{self.n_train}-r{self.ratio:g}-d{self.draw}-s{self.seed}"
+        return f"{base}-a{self.augment}" if self.rescored else base
+
+    @property
+    def trained(self) -> Cell:
+        """The cell whose generator training (and synthetic set) this one uses."""
+        return replace(self, augment=self._first_augment, rescored=False) if self.rescored else self
+
+    _first_augment: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,10 +87,20 @@ class Plan:
     overrides: tuple[str, ...] = ()
     budget: str = "steps"  # steps: the profile's train.steps for all; seconds: train.max_seconds for all
     budget_seconds: float | None = None  # the wall-clock budget per generator training (budget: seconds)
+    # Evaluation dimensions: each trained cell is scored under every usage mode (arms of one dice_gain
+    # evaluation) and every segmenter augmentation level (the first in the cell itself, the others by
+    # re-scoring its synthetic set); () keeps the config's own.
+    modes: tuple[str, ...] = ()
+    seg_augment: tuple[str, ...] = ()
 
     def cells(self) -> list[Cell]:
-        return [Cell(g, n, r, d, s) for n, r, d, s, g in itertools.product(
+        """The trained cells, then (for each further augmentation level) the re-scored ones."""
+        first = self.seg_augment[0] if self.seg_augment else ""
+        trained = [Cell(g, n, r, d, s, first) for n, r, d, s, g in itertools.product(
             self.regimes, self.ratios, range(self.draws), range(self.seeds), self.generators)]
+        rescored = [Cell(c.generator, c.n_train, c.ratio, c.draw, c.seed, level, True, _first_augment=first)
+                    for level in self.seg_augment[1:] for c in trained]
+        return trained + rescored
 
 
 #: ``train.steps`` under a wall-clock budget: a cap that the time budget reaches first.
@@ -109,6 +130,8 @@ def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
         "evaluators.dice_gain.ratio": cell.ratio, "run.synthetic_ratio": max(cell.ratio, base.run.synthetic_ratio),
         # The cores are split between the jobs, unless the config fixes a count.
         "train.threads": config.train.threads or threads, "seg.threads": config.seg.threads or threads,
+        **({"evaluators.dice_gain.modes": list(plan.modes)} if plan.modes else {}),
+        **({"seg.augment": cell.augment} if cell.augment else {}),
     }, origin=f"benchmark cell {cell.name}")
 
 
@@ -145,6 +168,8 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: Work
 
     setup.apply()
     run_dir = cells_dir / cell.name
+    if cell.rescored:
+        return _rescore_cell(plan, cell, cells_dir, threads)
     config = cell_config(plan, cell, threads)
     stale = stale_split(run_dir, config)
     if stale:  # e.g. trained on a draw that repeated another's patients, before draws were made distinct
@@ -156,6 +181,38 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: Work
     run_experiment(config, out=cells_dir, name=cell.name, force=not resume and run_dir.exists(), resume=resume,
                    progress=False, quiet=True)
     return "rerun" if stale else "resumed" if resume else "ran"
+
+
+def _rescore_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
+    """Score a trained cell's synthetic set under another augmentation level, in a run folder of its own.
+
+    The folder holds copies of the trained cell's config (with this cell's settings), split, synthetic set
+    and training summary, and no checkpoint: no generator trains again.
+    """
+    from toolkit.experiment import evaluate_run
+
+    run_dir, source = cells_dir / cell.name, cells_dir / cell.trained.name
+    if is_finished(run_dir) and not _rescore_stale(run_dir, source):
+        return "kept"
+    if not is_finished(source):
+        raise RunError(f"benchmark: cell {cell.name} re-scores {source}, which has not finished")
+    rundir = RunDir.create(cells_dir, cell.name, force=run_dir.exists())
+    rundir.write_config(cell_config(plan, cell, threads).to_yaml())
+    for name in ("split.json", "synthetic/synthetic.npz"):
+        target = run_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target)
+    trained = RunDir(source).read_results()
+    rundir.merge_results({k: trained[k] for k in ("train", "synthetic", "data") if k in trained}
+                         | {"rescored_from": cell.trained.name})
+    evaluate_run(run_dir, quiet=True)
+    return "rescored"
+
+
+def _rescore_stale(run_dir: Path, source: Path) -> bool:
+    """The trained cell's synthetic set changed since this copy was scored (it was trained again)."""
+    copy, original = run_dir / "synthetic" / "synthetic.npz", source / "synthetic" / "synthetic.npz"
+    return not copy.is_file() or not original.is_file() or original.stat().st_mtime > copy.stat().st_mtime
 
 
 def stale_split(run_dir: Path, config: Config) -> tuple[list[str], list[str]] | None:
@@ -171,13 +228,14 @@ def stale_split(run_dir: Path, config: Config) -> tuple[list[str], list[str]] | 
     return saved.get("train", []), current["train"]
 
 
-def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: WorkerSetup = WorkerSetup()) -> int:
+def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: WorkerSetup = WorkerSetup(),
+                     augment: str = "") -> int:
     """The real-only baselines of one (regime, draw), into the shared cache; returns how many were trained."""
     from toolkit.experiment import baseline_store, build_evaluators, prepare_data
     from toolkit.runtime import resolve_device, set_threads
 
     setup.apply()
-    cell = Cell(plan.generators[0], n_train, plan.ratios[0], draw, 0)
+    cell = Cell(plan.generators[0], n_train, plan.ratios[0], draw, 0, augment)
     config = cell_config(plan, cell, threads)
     set_threads(threads)
     device = resolve_device(config.train.device)
@@ -343,19 +401,22 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     cells_dir = bench / "cells"
 
     # Baselines first, once per (regime, draw): every generator's cells then load them from the cache.
-    pairs = sorted({(c.n_train, c.draw) for c in plan.cells()})
+    pairs = sorted({(c.n_train, c.draw, c.augment) for c in plan.cells()})
     t0 = time.perf_counter()
-    trained = run_tasks(_train_baselines, [(plan, n, d, threads, setup) for n, d in pairs])
+    trained = run_tasks(_train_baselines, [(plan, n, d, threads, setup, a) for n, d, a in pairs])
     log.info("benchmark: %d baselines trained for %d (regime, draw) pairs in %.0f s", sum(trained), len(pairs),
              time.perf_counter() - t0)
 
     # Cells: each a whole run; finished ones are kept.
+    # Cells: each a whole run; finished ones are kept. Then the re-scored ones (other augmentation levels).
     cells = plan.cells()
     t0 = time.perf_counter()
-    status = run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in cells])
-    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed, %d rerun on a changed split) in %.0f s",
+    status = []
+    for stage in ([c for c in cells if not c.rescored], [c for c in cells if c.rescored]):
+        status += run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in stage])
+    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed, %d rerun on a changed split, %d re-scored) in %.0f s",
              len(cells), status.count("kept"), status.count("ran"), status.count("resumed"), status.count("rerun"),
-             time.perf_counter() - t0)
+             status.count("rescored"), time.perf_counter() - t0)
     write_leaderboard(bench, plan, cells, baselines_trained=sum(trained))
     return bench
 

@@ -53,14 +53,22 @@ def primary_arm(run_dir: Path) -> str:
     return "augmented"
 
 
-def per_patient_diffs(run_dir: Path) -> tuple[list[str], np.ndarray]:
-    """Test patients and the [U-Net seeds, patients] Dice differences augmented - baseline of one cell."""
+def cell_modes(run_dir: Path) -> list[str]:
+    """The usage modes a cell was scored under, primary first (cells scored before modes: augmented)."""
+    summary = run_dir / "dice_gain" / "summary.json"
+    modes = json.loads(summary.read_text()).get("modes") if summary.is_file() else None
+    return list(modes) if modes else [primary_arm(run_dir)]
+
+
+def per_patient_diffs(run_dir: Path, arm: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Test patients and the [U-Net seeds, patients] Dice differences ``arm`` (default: the primary
+    mode) - baseline of one cell."""
     with open(run_dir / "dice_gain" / "per_patient.csv") as f:
         rows = list(csv.DictReader(f))
     patients = sorted({r["patient"] for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
     dice = {(r["arm"], int(r["seed"]), r["patient"]): float(r["dice"]) for r in rows}
-    arm = primary_arm(run_dir)
+    arm = arm or primary_arm(run_dir)
     diff = np.array([[dice[(arm, s, p)] - dice[("baseline", s, p)] for p in patients] for s in seeds])
     return patients, diff
 
@@ -143,56 +151,73 @@ def _mean(values: list[float | None]) -> float:
 
 
 def aggregate(bench: Path, cells: list) -> list[dict[str, Any]]:
-    """One leaderboard row per (generator, regime, ratio), ranked by mean gain within each regime and ratio."""
+    """One leaderboard row per (generator, regime, ratio, augmentation level, usage mode), ranked by mean
+    gain within each (regime, ratio, level, mode)."""
     groups: dict[tuple, list] = defaultdict(list)
     for cell in cells:
-        groups[(cell.generator, cell.n_train, cell.ratio)].append(cell)
+        groups[(cell.generator, cell.n_train, cell.ratio, getattr(cell, "augment", ""))].append(cell)
     rows = []
-    for (generator, n_train, ratio), members in groups.items():
-        draws, seeds = sorted({c.draw for c in members}), sorted({c.seed for c in members})
-        by_cell, results, patients = {}, [], None
-        for c in members:
-            run_dir = bench / "cells" / c.name
-            patients, by_cell[(c.draw, c.seed)] = per_patient_diffs(run_dir)
-            results.append(RunDir(run_dir).read_results())
-        diff = np.stack([np.stack([by_cell[(d, s)] for s in seeds]) for d in draws])  # [D, G, S, P]
-        low, high, se = hierarchical_bootstrap(diff)
-        row = {"generator": generator, "n_train_patients": n_train, "ratio": ratio,
-               "dice_gain": float(diff.mean()), "ci_low": low, "ci_high": high, "ci_includes_0": low <= 0 <= high,
-               "p_wilcoxon": wilcoxon_p(diff.mean(axis=(0, 1, 2))), "mde80": Z80 * se,
-               "draws": len(draws), "seeds": len(seeds), "unet_seeds": diff.shape[2], "test_patients": len(patients)}
-        for column, (evaluator, metric) in QUALITY.items():
-            row[column] = _mean([r.get("evaluation", {}).get(evaluator, {}).get("values", {}).get(metric)
-                                 for r in results])
-        row["train_seconds"] = _mean([r.get("train", {}).get("total_seconds", r.get("train", {}).get("seconds"))
-                                      for r in results])
-        row["train_steps"] = results[0].get("train", {}).get("steps")
-        # Steps actually done: fewer than train_steps where a wall-clock budget (train.max_seconds) stopped them.
-        row["train_steps_done"] = _mean([r.get("train", {}).get("steps_done", r.get("train", {}).get("steps"))
-                                         for r in results])
-        row["train_max_seconds"] = results[0].get("train", {}).get("max_seconds")
-        row["sample_seconds_per_100"] = _mean([r.get("synthetic", {}).get("seconds_per_100") for r in results])
-        row["samples_per_second"] = 100 / row["sample_seconds_per_100"] \
-            if row["sample_seconds_per_100"] > 0 else float("nan")
-        config = (bench / "cells" / members[0].name / "config.yaml").read_text()
-        row["config_hash"] = hashlib.sha1(config.encode()).hexdigest()[:10]
-        fingerprints = {r.get("data", {}).get("fingerprint") for r in results}
-        row["split_fingerprint"] = hashlib.sha1(json.dumps([sorted(fingerprints - {None}), patients])
-                                                .encode()).hexdigest()[:10]
-        rows.append(row)
-    # The real-only baseline of each (regime, ratio), as the row every gain is measured from.
-    for n_train, ratio in sorted({(r["n_train_patients"], r["ratio"]) for r in rows}):
-        same = [r for r in rows if (r["n_train_patients"], r["ratio"]) == (n_train, ratio)]
+    for (generator, n_train, ratio, augment), members in groups.items():
+        modes = cell_modes(bench / "cells" / members[0].name)
+        for mode in modes:
+            rows.append({**_group_row(bench, generator, n_train, ratio, augment, mode, members),
+                         "primary_mode": mode == modes[0]})
+    # The real-only baseline of each (regime, ratio, level, mode), as the row every gain is measured from.
+    for key in sorted({(r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"]) for r in rows}):
+        same = [r for r in rows if (r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"]) == key]
         base = {k: float("nan") for k in same[0]}
-        base.update(generator=BASELINE, n_train_patients=n_train, ratio=ratio, dice_gain=0.0, ci_low=0.0,
+        base.update(generator=BASELINE, n_train_patients=key[0], ratio=key[1], seg_augment=key[2], mode=key[3],
+                    dice_gain=0.0, ci_low=0.0,
                     ci_high=0.0, ci_includes_0=True, dice_augmented=_mean([r["dice_baseline"] for r in same]),
                     dice_baseline=_mean([r["dice_baseline"] for r in same]), draws=same[0]["draws"],
                     seeds=same[0]["seeds"], unet_seeds=same[0]["unet_seeds"], test_patients=same[0]["test_patients"],
                     train_seconds=0.0, train_steps=None, train_steps_done=float("nan"), train_max_seconds=None,
-                    config_hash="", split_fingerprint=same[0]["split_fingerprint"])
+                    config_hash="", split_fingerprint=same[0]["split_fingerprint"], primary_mode=True)
         rows.append(base)
-    rows.sort(key=lambda r: (r["n_train_patients"], r["ratio"], -r["dice_gain"]))
+    rows.sort(key=lambda r: (r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"], -r["dice_gain"]))
     return rows
+
+
+def _group_row(bench: Path, generator: str, n_train: int, ratio: float, augment: str, mode: str,
+               members: list) -> dict[str, Any]:
+    """The leaderboard row of one generator's cells under one augmentation level and usage mode."""
+    draws, seeds = sorted({c.draw for c in members}), sorted({c.seed for c in members})
+    by_cell, results, patients = {}, [], None
+    for c in members:
+        run_dir = bench / "cells" / c.name
+        patients, by_cell[(c.draw, c.seed)] = per_patient_diffs(run_dir, mode)
+        results.append(RunDir(run_dir).read_results())
+    diff = np.stack([np.stack([by_cell[(d, s)] for s in seeds]) for d in draws])  # [D, G, S, P]
+    low, high, se = hierarchical_bootstrap(diff)
+    row = {"generator": generator, "n_train_patients": n_train, "ratio": ratio,
+           "seg_augment": augment or results[0].get("settings", {}).get("seg", {}).get("augment", ""),
+           "mode": mode,
+           "dice_gain": float(diff.mean()), "ci_low": low, "ci_high": high, "ci_includes_0": low <= 0 <= high,
+           "p_wilcoxon": wilcoxon_p(diff.mean(axis=(0, 1, 2))), "mde80": Z80 * se,
+           "draws": len(draws), "seeds": len(seeds), "unet_seeds": diff.shape[2], "test_patients": len(patients)}
+    for column, (evaluator, metric) in QUALITY.items():
+        row[column] = _mean([r.get("evaluation", {}).get(evaluator, {}).get("values", {}).get(metric)
+                             for r in results])
+    row["train_seconds"] = _mean([r.get("train", {}).get("total_seconds", r.get("train", {}).get("seconds"))
+                                  for r in results])
+    row["train_steps"] = results[0].get("train", {}).get("steps")
+    # Steps actually done: fewer than train_steps where a wall-clock budget (train.max_seconds) stopped them.
+    row["train_steps_done"] = _mean([r.get("train", {}).get("steps_done", r.get("train", {}).get("steps"))
+                                     for r in results])
+    row["train_max_seconds"] = results[0].get("train", {}).get("max_seconds")
+    row["sample_seconds_per_100"] = _mean([r.get("synthetic", {}).get("seconds_per_100") for r in results])
+    row["samples_per_second"] = 100 / row["sample_seconds_per_100"] \
+        if row["sample_seconds_per_100"] > 0 else float("nan")
+    config = (bench / "cells" / members[0].name / "config.yaml").read_text()
+    row["config_hash"] = hashlib.sha1(config.encode()).hexdigest()[:10]
+    fingerprints = {r.get("data", {}).get("fingerprint") for r in results}
+    row["split_fingerprint"] = hashlib.sha1(json.dumps([sorted(fingerprints - {None}), patients])
+                                            .encode()).hexdigest()[:10]
+    values = [r.get("evaluation", {}).get("dice_gain", {}).get("values", {}) for r in results]
+    row["dice_augmented"] = _mean([v.get(f"dice_{mode}", v.get("dice_augmented")) for v in values])
+    row["baseline_converged"] = _mean([v.get("converged_baseline") for v in values])
+    row["arm_converged"] = _mean([v.get(f"converged_{mode}") for v in values])
+    return row
 
 
 def kendall_tau(rows: list[dict[str, Any]]) -> float:
@@ -207,17 +232,17 @@ def kendall_tau(rows: list[dict[str, Any]]) -> float:
 
 
 def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    cols = ["generator", "n_train_patients", "ratio", "dice_gain", "95% CI", "mde80", "p_wilcoxon",
-            "dice_augmented", "dice_tstr", "label_fidelity", "fd_seg", "kid_seg", "precision_seg", "recall_seg",
-            "coverage_seg", "msssim_gap", "memorized_fraction"]
+    cols = ["generator", "n_train_patients", "ratio", "seg_augment", "mode", "dice_gain", "95% CI", "mde80",
+            "p_wilcoxon", "dice_augmented", "dice_tstr", "label_fidelity", "fd_seg", "kid_seg", "precision_seg",
+            "recall_seg", "coverage_seg", "msssim_gap", "memorized_fraction", "baseline_converged"]
     timing = ["train_seconds", "train_steps_done", "samples_per_second"]
     header = [*cols, "train s", "steps done", "samples/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         mark = " (CI includes 0)" if r["ci_includes_0"] and r["generator"] != BASELINE else ""
-        cells = [r["generator"], str(r["n_train_patients"]), f"{r['ratio']:g}", f"{r['dice_gain']:+.3f}{mark}",
-                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
-        cells += [f"{r[c]:.3f}" if isinstance(r[c], float) and np.isfinite(r[c]) else "-" for c in cols[5:]]
+        cells = [r["generator"], str(r["n_train_patients"]), f"{r['ratio']:g}", str(r.get("seg_augment", "")),
+                 str(r.get("mode", "")), f"{r['dice_gain']:+.3f}{mark}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
+        cells += [f"{r[c]:.3f}" if isinstance(r.get(c), float) and np.isfinite(r[c]) else "-" for c in cols[7:]]
         cells += [f"{r[c]:.0f}" if isinstance(r[c], (int, float)) and np.isfinite(r[c]) and r["generator"] != BASELINE
                   else "-" for c in timing]
         lines.append("| " + " | ".join(cells) + " |")
@@ -228,7 +253,8 @@ def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{meta['baselines_trained']}. Gains are augmented - baseline, 95% CI from a hierarchical bootstrap "
             "over draws, generator seeds, U-Net seeds and test patients; mde80: the smallest true gain this design "
             f"detects with 80% power; msssim_gap is the diversity metric. Kendall tau (FD vs gain ranking): "
-            f"{meta['kendall_tau']:.2f}. "
+            f"{meta['kendall_tau']:.2f}. baseline_converged: share of the baseline U-Nets whose val Dice no longer "
+            "rose over the last quarter of seg.steps (below 1: gains against an under-trained segmenter). "
             f"git {meta['git_commit']}.\n\n" + "\n".join(lines) + "\n")
 
 
@@ -269,8 +295,24 @@ def write_plots(bench: Path, rows: list[dict[str, Any]], plan) -> dict[str, dict
 
     from toolkit.seg.report import gain_plot, line_plot, save_png, scatter_plot
 
-    models = [r for r in rows if r["generator"] != BASELINE]
+    every = [r for r in rows if r["generator"] != BASELINE]
     figures: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    arms = sorted({(r.get("seg_augment", ""), r.get("mode", "")) for r in every})
+    if len(arms) > 1:  # gain by usage mode and augmentation level, per generator
+        for regime in plan.regimes:
+            for ratio in plan.ratios:
+                subset = [{**r, "generator": f"{r['generator']} {r['mode']}/{r['seg_augment']}"} for r in every
+                          if r["n_train_patients"] == regime and r["ratio"] == ratio]
+                subset.sort(key=lambda r: r["generator"])
+                if subset:
+                    figures[f"gain_by_mode_n{regime}_r{ratio:g}.png"] = (
+                        gain_plot(subset, f"Dice gain by usage mode / augmentation, {regime} patients, "
+                                          f"ratio {ratio:g}"),
+                        {"kind": "gain_by_mode", "n_train_patients": regime, "ratio": ratio,
+                         "arms": [list(a) for a in arms]})
+    # The other figures: each generator's primary mode at the first augmentation level.
+    first_level = plan.seg_augment[0] if getattr(plan, "seg_augment", ()) else None
+    models = [r for r in every if r.get("primary_mode", True) and first_level in (None, r.get("seg_augment"))]
     for regime in plan.regimes:
         for ratio in plan.ratios:
             subset = [r for r in models if r["n_train_patients"] == regime and r["ratio"] == ratio]

@@ -151,7 +151,7 @@ class SegSettings(Section):
 
     steps: PositiveInt = 200  # optimizer steps per arm, the same for every arm
     batch_size: PositiveInt = 32  # slices per step
-    lr: PositiveFloat = 1e-3  # Adam learning rate
+    lr: PositiveFloat = 3e-3  # Adam's peak learning rate (cosine at 1e-3 learned slower than constant 1e-3)
     base_channels: PositiveInt = 16  # U-Net width of the first level
     depth: PositiveInt = 4  # U-Net downsamplings (4: 64 x 64 -> 4 x 4)
     norm: Literal["batch", "instance", "group", "none"] = "batch"

@@ -1,18 +1,31 @@
-"""Atomic file writes: every file the toolkit writes is either the old one or the complete new one.
+"""Atomic file writes and checked reads: every file the toolkit writes is either the old one or the complete
+new one, and a file read back that is damaged is one clean error naming it.
 
 A temp file in the same folder, flushed and fsynced, then renamed over the
 target (and the folder fsynced), so a crash, a kill or a full disk at any
 moment never leaves a truncated checkpoint, results file or cache entry.
-Errors carry the path and the cause in one line (``WriteError``).
+Errors carry the path and the cause in one line (``WriteError``). Reading back
+(:func:`read_checked`) turns a truncated or damaged file (a half copy, a zip
+cut short, JSON that does not parse) into one error that names the file and
+says what to do, instead of a ``zipfile.BadZipFile`` or ``JSONDecodeError``
+traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+#: What parsing a damaged file raises: a zip cut short (.npz, .pt), bad JSON, missing keys, short reads.
+DAMAGED = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class WriteError(OSError):
@@ -56,3 +69,39 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
     except OSError:  # some file systems cannot fsync a folder; the rename already happened
         pass
     return path
+
+
+def read_checked(path: str | Path, parse: Callable[[Path], T], fix: str,
+                 error: type[Exception] = ValueError) -> T:
+    """``parse(path)``, with any sign of a damaged, truncated or unreadable file raised as ``error``.
+
+    The message names the file, the cause in a few words and ``fix`` (what the
+    user can do: rerun the stage, ``--force``, restore the file).
+    """
+    path = Path(path)
+    try:
+        return parse(path)
+    except DAMAGED as exc:
+        if isinstance(exc, OSError) and exc.strerror:  # permission denied, a folder, an I/O error
+            raise error(f"cannot read {path}: {exc.strerror}. {fix}") from None
+        raise error(f"{path} is damaged or truncated ({_cause(exc)}). {fix}") from None
+
+
+def read_json(path: str | Path, fix: str, error: type[Exception] = ValueError,
+              check: Callable[[Any], Any] | None = None) -> Any:
+    """A JSON file through :func:`read_checked`; ``check(value)`` may pick a part of it (KeyError: damaged)."""
+    def parse(p: Path) -> Any:
+        value = json.loads(p.read_text())
+        return value if check is None else check(value)
+
+    return read_checked(path, parse, fix, error)
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, KeyError):
+        key = exc.args[0] if exc.args else "?"
+        return str(key) if " " in str(key) else f"key {key!r} is missing"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,7 +20,7 @@ import numpy as np
 from torchvision.utils import save_image
 
 from toolkit.data.slices import SliceSet
-from toolkit.io import atomic_write
+from toolkit.io import atomic_write, read_checked, read_json
 
 MARKER = ".ganseg-run"
 
@@ -99,8 +99,17 @@ class RunDir:
     def write_config(self, yaml_text: str) -> None:
         atomic_write(self.config, yaml_text)
 
+    def _fix(self, first: str = "") -> str:
+        """What to do about a damaged file of this run."""
+        rerun = (f"rerun the run with --force (python cli.py run --force --name {self.name} --out {self.path.parent} "
+                 "with the generator and settings it was made with), or restore the file from a copy")
+        return f"{first}, {rerun}" if first else rerun[0].upper() + rerun[1:]
+
     def read_split(self) -> dict[str, list[str]] | None:
-        return json.loads(self.split.read_text())["patients"] if self.split.is_file() else None
+        """The saved patient split, or None before one is written; a damaged split.json is a RunError."""
+        if not self.split.is_file():
+            return None
+        return read_json(self.split, self._fix(), RunError, check=lambda v: _mapping(v["patients"]))
 
     def write_split(self, settings: dict[str, Any], patients: dict[str, list[str]]) -> None:
         atomic_write(self.split, json.dumps({"settings": settings, "patients": patients}, indent=2))
@@ -117,10 +126,15 @@ class RunDir:
         if not self.synthetic.is_file():
             raise RunError(f"{self.path} has no synthetic set ({self.synthetic}); finish the run first "
                            f"(python cli.py run --resume --name {self.name})")
-        return SliceSet.load(self.synthetic)
+        resample = (f"Sample it again from the last checkpoint (python cli.py run --resume --name {self.name} "
+                    f"--out {self.path.parent})")
+        return read_checked(self.synthetic, SliceSet.load, self._fix(resample), RunError)
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results.read_text()) if self.results.is_file() else {}
+        """results.json, or {} before one is written; a damaged one is a RunError (never silently replaced)."""
+        if not self.results.is_file():
+            return {}
+        return read_json(self.results, self._fix(), RunError, check=_mapping)
 
     def merge_results(self, update: dict[str, Any]) -> dict[str, Any]:
         """Merge ``update`` into results.json (one level deep) and write it atomically as strict JSON."""
@@ -134,6 +148,12 @@ class RunDir:
         # Strict JSON: NaN/inf (an arm switched off, an undefined interval) become null.
         atomic_write(self.results, json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False))
         return results
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def _finite(value: Any) -> Any:

@@ -138,6 +138,12 @@ class DiceGain(Evaluator):
         self.synthetic_weight = float(synthetic_weight)
         self.pretrain_share = float(pretrain_share)
         self.compute_control = compute_control
+        # What a run prints: the class's metrics, then each mode's gain with its CI, and convergence.
+        arms = [*self.modes, *([ADD_REAL] if compute_control else [])]
+        self.metrics = (*type(self).metrics,
+                        *(f"dice_gain_{m}{suffix}" for m in arms for suffix in ("", "_ci_low", "_ci_high")),
+                        *(["dice_gain_add_vs_add_real"] if compute_control and "add" in self.modes else []),
+                        "converged_baseline", *(f"converged_{m}" for m in arms))
 
     # The evaluation -------------------------------------------------------------------------
 

@@ -165,3 +165,16 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_pa
                 for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     assert losses(tmp_path / "killed") == losses(tmp_path / "straight")  # the cut log window was kept
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_tenth_of_the_steps(tmp_path, capsys):
+    gen = toy()
+    data = make_slices()
+    runlog = RunLog(tmp_path, quiet=False)
+    cfg = TrainSettings(steps=20, batch_size=4, log_every=5, sample_every=100, checkpoint_every=100)
+    train_generator(gen, data, cfg, tmp_path, runlog, make_sampler(gen, data), progress=True)
+    runlog.close()
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if line.startswith("train: step")]
+    assert [line.split()[2] for line in lines] == [f"{s}/20" for s in range(2, 21, 2)]
+    assert "\r" not in out.err and "step/s" not in out.err  # no tqdm redraws in a log

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -207,8 +208,12 @@ def train_generator(
         runlog.info(f"train.max_seconds={budget:g}: the budget was spent at step {start} ({spent:.1f} s); "
                     "no further step")
     done = start
+    # A progress bar on a terminal only; elsewhere (a log file, a pipe, CI) a plain line every ~10% of the steps.
+    report = progress and dist_info.is_main
+    on_terminal = sys.stderr.isatty()
+    plain_every = max(1, steps // 10)
     bar = tqdm(range(start, steps if not out_of_time else start), initial=start, total=steps, desc="train",
-               unit="step", disable=not (progress and dist_info.is_main), dynamic_ncols=True)
+               unit="step", disable=not (report and on_terminal), dynamic_ncols=True)
     with StopRequests(enabled=not dist_info.enabled) as stop:
         for step in bar:
             # One optimisation step on this step's batch.
@@ -236,6 +241,10 @@ def train_generator(
                 if dist_info.is_main:
                     runlog.scalars(done, last_logged, prefix="loss/")
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(last_logged.items())[:4]})
+            if report and not on_terminal and (done % plain_every == 0 or last):
+                losses_text = ", ".join(f"{k} {v:.3g}" for k, v in list(last_logged.items())[:4])
+                runlog.info(f"train: step {done}/{steps} ({100 * done // steps}%), {clock() - t0:.0f} s"
+                            + (f", {losses_text}" if losses_text else ""))
 
             # Samples: a fixed-seed grid, comparable across steps.
             if dist_info.is_main and writer is not None and (done % sample_every == 0 or last):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from toolkit.schema import CORE_ARGS  # noqa: F401 - part of the contract a plugin author reads
 from toolkit.types import Batch, DataSpec
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from toolkit.seg.baseline import BaselineStore
     from toolkit.settings import SegSettings
 
-#: Arguments the core passes to every plugin constructor; they are not config keys.
-CORE_ARGS = ("self", "spec", "device")
 
 
 @dataclass

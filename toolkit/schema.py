@@ -144,10 +144,12 @@ def check_value(value: Any, hint: Any, key: str, origin: str, default: Any = ins
         raise ConfigError(f"config key '{key}' (from {origin}) {problem}{shown}, got {value!r}")
 
 
+#: Arguments the core passes to every plugin constructor; they are not config keys.
+CORE_ARGS = ("self", "spec", "device")
+
+
 def plugin_params(cls: type) -> dict[str, tuple[Any, Any]]:
     """Config keys of a plugin: name -> (type hint, default) from its constructor."""
-    from toolkit.plugin import CORE_ARGS
-
     init = cls.__init__
     try:
         hints = typing.get_type_hints(init, include_extras=True)

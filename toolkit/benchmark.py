@@ -240,8 +240,7 @@ def _train_baselines(plan: Plan, n_train: int, draw: int, threads: int, setup: W
     set_threads(threads)
     device = resolve_device(config.train.device)
     store = baseline_store(config, prepare_data(config), device)
-    for seed in range(build_evaluators(config, ["dice_gain"])["dice_gain"].seeds):
-        store.get(seed)
+    store.get_many(list(range(build_evaluators(config, ["dice_gain"])["dice_gain"].seeds)))  # together: all cores
     return store.trained
 
 

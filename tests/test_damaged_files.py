@@ -1,0 +1,110 @@
+"""Files read back that are truncated or damaged: one `Error:` line naming the file and the fix, never a traceback.
+
+Real damaged files (a copy cut to half its bytes, bytes that are no zip or JSON), through the CLI on the smoke
+profile with the test-only toy generator.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from toolkit.data.slices import SliceSet
+from toolkit.rundir import RunDir, RunError
+
+TOY = ["--set", "run.evaluators=[toy_stats]", "--set", "data.phantom_patients=8"]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("phantom-cache")
+
+
+@pytest.fixture(scope="module")
+def finished(shared_cache, tmp_path_factory):
+    """One finished smoke run, made once; each test damages its own copy."""
+    out = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANSEG_CACHE", str(shared_cache))
+        result = CliRunner().invoke(main, ["run", "-g", "toy", "-p", "smoke", "--out", str(out), "--name", "r1",
+                                           "-q", *TOY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "r1"
+
+
+@pytest.fixture
+def run_dir(finished, shared_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANSEG_CACHE", str(shared_cache))
+    copy = tmp_path / "runs" / "r1"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [*args], catch_exceptions=False)
+
+
+def truncate(path, how):
+    data = path.read_bytes()
+    if how == "half":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00not what this file should hold\xff" * 8)
+    else:  # empty: a copy that never started
+        path.write_bytes(b"")
+
+
+def assert_clean_error(result, *words):
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+
+
+@pytest.mark.parametrize("how", ["half", "garbage", "empty"])
+def test_a_damaged_synthetic_set_stops_evaluate_and_export_with_the_file_and_the_fix(run_dir, tmp_path, how):
+    synthetic = run_dir / "synthetic" / "synthetic.npz"
+    truncate(synthetic, how)
+    evaluated = cli("evaluate", "--run", str(run_dir), "-q")
+    assert_clean_error(evaluated, str(synthetic), "damaged or truncated", "--force", "--resume", "restore")
+    exported = cli("export", "--run", str(run_dir), "--format", "png", "--out", str(tmp_path / "png"))
+    assert_clean_error(exported, str(synthetic), "damaged or truncated", "--force")
+    assert not (tmp_path / "png").exists()
+
+
+def test_the_resume_the_message_suggests_samples_the_set_again(run_dir, finished):
+    synthetic = run_dir / "synthetic" / "synthetic.npz"
+    truncate(synthetic, "half")
+    resumed = cli("run", "--resume", "--name", "r1", "--out", str(run_dir.parent), "-q")
+    assert resumed.exit_code == 0, resumed.output
+    again, original = SliceSet.load(synthetic), SliceSet.load(finished / "synthetic" / "synthetic.npz")
+    assert (again.images == original.images).all() and (again.masks == original.masks).all()
+    assert cli("evaluate", "--run", str(run_dir), "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["results.json", "split.json"])
+@pytest.mark.parametrize("how", ["half", "garbage"])
+def test_json_that_does_not_parse_is_named_and_left_alone(run_dir, name, how):
+    path = run_dir / name
+    truncate(path, how)
+    damaged = path.read_bytes()
+    result = cli("evaluate", "--run", str(run_dir), "-q")
+    assert_clean_error(result, str(path), "damaged or truncated", "--force", "restore")
+    if how == "half":
+        assert "not valid JSON" in result.output and "line" in result.output
+    assert path.read_bytes() == damaged, "a damaged file is reported, never silently replaced"
+
+
+def test_json_of_the_wrong_shape_is_damaged_too(run_dir):
+    (run_dir / "split.json").write_text(json.dumps({"settings": {}}))
+    with pytest.raises(RunError, match=r"split.json is damaged or truncated \(key 'patients' is missing\)"):
+        RunDir(run_dir).read_split()
+    (run_dir / "results.json").write_text("[1, 2]")
+    with pytest.raises(RunError, match=r"results.json is damaged .*expected a JSON object, found list"):
+        RunDir(run_dir).read_results()
+    resumed = cli("run", "--resume", "--name", "r1", "--out", str(run_dir.parent), "-q")
+    assert_clean_error(resumed, "split.json")

@@ -169,7 +169,7 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
     names = [n.strip() for n in evaluators.split(",") if n.strip()] if evaluators else None
     try:
         results = evaluate_run(run_dir, names, tuple(overrides), quiet=quiet)
-    except (ConfigError, RunError, RegistryError, ValueError) as exc:
+    except (ConfigError, RunError, RegistryError, ValueError, OSError) as exc:  # OSError: WriteError (a full disk)
         raise click.ClickException(str(exc)) from None
     click.echo(summary_table(results))
 

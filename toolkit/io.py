@@ -36,8 +36,9 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
     """Write ``content`` (bytes, text, or a function writing to a binary file) to ``path`` atomically.
 
     Raises:
-        WriteError: the folder cannot be created or written, or the disk is full; the
-            previous file at ``path``, if any, is untouched.
+        WriteError: the folder cannot be created or written, the disk is full (an ``OSError``, or
+            the ``RuntimeError`` torch's zip writer raises in its place), or fewer bytes reached the
+            file than were written; the previous file at ``path``, if any, is untouched.
     """
     path = Path(path)
     try:
@@ -53,12 +54,13 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
                 f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
+            _check_size(f, content)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise WriteError(f"cannot write {path}: {exc.strerror or exc}; the previous file (if any) is "
-                             "unchanged") from None
+        reason = _write_failure(exc)
+        if reason is not None:
+            raise WriteError(f"cannot write {path}: {reason}; the previous file (if any) is unchanged") from None
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -69,6 +71,46 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
     except OSError:  # some file systems cannot fsync a folder; the rename already happened
         pass
     return path
+
+
+class _ShortWrite(Exception):
+    """Fewer bytes are in the file than were written to it."""
+
+
+def _check_size(f: IO[bytes], content: bytes | str | Callable[[IO[bytes]], None]) -> None:
+    """A write that reported success but left fewer bytes on disk (a short write, a truncation) is a failure."""
+    size = os.fstat(f.fileno()).st_size
+    expected = f.tell() if callable(content) else len(content.encode() if isinstance(content, str) else content)
+    if size < expected:
+        raise _ShortWrite(f"only {size} of {expected} bytes reached the disk (a partial write)")
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, in a few words, or None for an error that is not a failed write (a bug, Ctrl-C).
+
+    torch's zip writer (``torch.save``) reports a full disk as ``RuntimeError: [enforce fail at
+    inline_container.cc:...] . unexpected pos ...``, with the real ``OSError`` only as its context.
+    """
+    if isinstance(exc, _ShortWrite):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    if not isinstance(exc, RuntimeError):  # a bug in the writer, Ctrl-C: not ours to rename
+        return None
+    chain, seen = exc.__cause__ or exc.__context__, set()
+    while chain is not None and id(chain) not in seen:  # the OSError behind it, if any: its words are the clearest
+        seen.add(id(chain))
+        if isinstance(chain, OSError):
+            return chain.strerror or str(chain) or type(chain).__name__
+        chain = chain.__cause__ or chain.__context__
+    if any(s in str(exc) for s in TORCH_WRITE_FAILURES):
+        first = str(exc).strip().splitlines()[0]
+        return f"the file could not be written completely (torch: {first}); is the disk full?"
+    return None
+
+
+#: Words of the RuntimeError torch's zip writer raises when the file under it failed.
+TORCH_WRITE_FAILURES = ("inline_container.cc", "PytorchStreamWriter", "file write failed", "unexpected pos")
 
 
 def read_checked(path: str | Path, parse: Callable[[Path], T], fix: str,

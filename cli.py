@@ -113,6 +113,7 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
     """
     from toolkit.config import ConfigError
     from toolkit.experiment import RunError, load_run_config, run_experiment, summary_table
+    from toolkit.plugin import PluginCallError
     from toolkit.rundir import default_run_name
     from toolkit.train.checkpoint import CheckpointError
     from toolkit.train.loop import TrainingInterrupted
@@ -143,6 +144,8 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
                    f"`python cli.py run --resume --name {name} --out {out}`, or re-score a finished synthetic set "
                    f"with `python cli.py evaluate --run {Path(out) / name}`", err=True)
         sys.exit(130)
+    except PluginCallError as exc:
+        _plugin_bug(exc)
     except (RunError, ValueError, OSError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
@@ -150,6 +153,16 @@ def run(generator, profile, config_files, overrides, data, name, out, device, fo
         click.echo("\n" + summary_table(results))
     click.echo(f"\nResults: {run_dir / 'results.json'}   Synthetic set: {run_dir / 'synthetic'}\n"
                f"TensorBoard: tensorboard --logdir {Path(out)}")
+
+
+def _plugin_bug(exc: BaseException) -> None:
+    """A plugin's own exception: one line naming plugin, call and step, then its traceback (the author needs it)."""
+    import traceback
+
+    click.echo(f"Error: {exc}", err=True)
+    cause = exc.__cause__ or exc
+    click.echo("".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip(), err=True)
+    sys.exit(1)
 
 
 @main.command()

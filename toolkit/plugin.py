@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from toolkit.settings import SegSettings
 
 
+class PluginCallError(RuntimeError):
+    """A plugin's own code raised inside a call the core made (``train_step``, ``sample``).
+
+    The message is one line naming the plugin, the call and the step; the plugin's exception is
+    ``__cause__``, and the CLI prints its traceback under that line, because the author needs it.
+    """
+
 
 @dataclass
 class TrainContext:

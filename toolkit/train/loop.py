@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import Generator
+from toolkit.plugin import Generator, PluginCallError
 from toolkit.runtime import Runtime
 from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -154,6 +154,7 @@ def train_generator(
 
     Raises:
         TrainingDiverged: a loss was NaN or inf (the message names step and loss).
+        PluginCallError: the generator's train_step raised (its exception is the cause).
     """
     steps, batch_size = settings.steps, settings.batch_size
     log_every, sample_every, checkpoint_every = settings.log_every, settings.sample_every, settings.checkpoint_every
@@ -161,6 +162,7 @@ def train_generator(
         raise ValueError("no training slices: check data.slices and split settings")
     ckpt = checkpoint_path(run_dir)
     writer = runlog.writer
+    gen_name = getattr(type(gen), "registry_name", type(gen).__name__)
 
     # Build: precision and memory layout; every rank starts from rank 0's weights.
     channels_last = runtime is not None and runtime.channels_last
@@ -219,7 +221,14 @@ def train_generator(
             # One optimisation step on this step's batch.
             rows = batch_indices(step, len(train), batch_size, seed, dist_info.rank, dist_info.world_size).to(gen.device)
             batch = Batch(data.image[rows], data.mask[rows], data.cond[rows])
-            losses = gen.train_step(batch, step)
+            try:
+                losses = gen.train_step(batch, step)
+            except Exception as exc:  # a bug in the plugin: name it, keep its traceback (__cause__)
+                good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+                raise PluginCallError(
+                    f"generator '{gen_name}': train_step raised {type(exc).__name__} at step {step} "
+                    f"(a bug in the plugin; its traceback follows). Training stopped; {good}. "
+                    "Fix it, then `run --resume` continues from that checkpoint") from exc
             for name, value in losses.items():
                 value = float(value)
                 if not math.isfinite(value):

@@ -9,7 +9,7 @@ import torch
 
 from toolkit.data.masks import MaskSource, RealMasks
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import Generator
+from toolkit.plugin import Generator, PluginCallError
 from toolkit.types import Batch
 
 Sampler = Callable[[int, torch.Generator], Batch]
@@ -109,6 +109,10 @@ def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None
         try:
             with torch.no_grad():
                 out = gen.sample(n, cond=cond, masks=masks, generator=generator)
+        except Exception as exc:  # a bug in the plugin: name it, keep its traceback (__cause__)
+            raise PluginCallError(f"generator '{gen_name}': sample({n}) raised {type(exc).__name__} (a bug in the "
+                                  "plugin; its traceback follows). The last checkpoint is kept: fix it, then "
+                                  "`run --resume` continues from it") from exc
         finally:
             for name, module in gen.modules().items():
                 module.train(was_training[name])

@@ -1,4 +1,4 @@
-"""The core checks a generator's sample() output where it receives it, before any evaluator sees it."""
+"""Faulty plugins: the core checks sample() output where it receives it, and names a plugin whose own code raises."""
 
 from __future__ import annotations
 
@@ -112,3 +112,42 @@ def test_the_cli_stops_with_one_error_line_before_any_evaluator_and_keeps_the_ch
     assert not (run_dir / "synthetic" / "synthetic.npz").exists()
     results = run_dir / "results.json"
     assert not results.exists() or "evaluation" not in json.loads(results.read_text())
+
+
+RAISING_PLUGIN = '''
+from toolkit.registry import GENERATORS
+
+
+@GENERATORS.register("{name}")
+class Raising(GENERATORS.get("toy")):
+    def {method}(self, *args, **kwargs):
+        if {condition}:
+            return {{}}["no such key"]  # the plugin's own bug
+        return super().{method}(*args, **kwargs)
+'''
+
+
+@pytest.mark.parametrize("name, method, condition, expected", [
+    ("buggy_step", "train_step", "args[1] == 3", "train_step raised KeyError at step 3"),
+    ("buggy_sample", "sample", "True", "sample(32) raised KeyError"),  # the step-4 TensorBoard grid, 32 pairs
+])
+def test_a_plugin_bug_keeps_its_traceback_under_one_line_naming_plugin_and_step(
+        tmp_path, monkeypatch, name, method, condition, expected):
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(textwrap.dedent(RAISING_PLUGIN).format(
+        name=name, method=method, condition=condition))
+    result = CliRunner().invoke(main, [
+        "run", "-g", name, "-p", "smoke", "--out", str(tmp_path / "runs"), "--name", "r", "-q", "--plugins",
+        str(folder), "--set", "run.evaluators=[toy_stats]", "--set", "data.phantom_patients=8",
+        "--set", "train.checkpoint_every=2", "--set", "train.steps=4"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    first = lines[0]
+    assert first.startswith(f"Error: generator '{name}': {expected}"), result.output
+    assert "Traceback (most recent call last)" in result.output  # the author's traceback, under that line
+    assert f"{name}.py" in result.output and "KeyError: 'no such key'" in result.output
+    last = tmp_path / "runs" / "r" / "checkpoints" / "last.pt"
+    assert last.exists() and (str(last) in first or method == "sample")
+    assert torch.load(last, weights_only=True)["step"] == 2  # the last good checkpoint, not a half-done step

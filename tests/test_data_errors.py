@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from toolkit.data import DataError, load_dataset, split_patients
-from toolkit.data.inspect import inspect_dataset
+from toolkit.data.inspect import format_inspection, inspect_dataset
 from toolkit.schema import ConfigError
 from toolkit.settings import DataSettings, SplitSettings
 
@@ -222,3 +222,42 @@ def test_multi_label_masks_are_reported_and_mapped_explicitly(tmp_path):
         load(tmp_path, labels="binary")
     with pytest.raises(ConfigError, match="data.labels"):
         load(tmp_path, labels="zones")
+
+
+def test_inspect_names_the_patients_and_files_behind_each_finding(tmp_path):
+    img, mask = volume()
+    for i in range(6):
+        write_case(tmp_path, f"p{i}", img, mask)
+    odd_labels = mask.astype(np.int16)
+    odd_labels[6:8, 6:8, 2] = 2
+    odd_labels[0, 0, 0] = 7
+    write_case(tmp_path, "p_labels", img, odd_labels)
+    for pid in ("p_empty_a", "p_empty_b", "p_empty_c", "p_empty_d"):
+        write_case(tmp_path, pid, img, np.zeros_like(mask))
+    coarse = np.diag([2.0, 2.0, 3.0, 1.0])
+    write_case(tmp_path, "p_spacing", img, mask, coarse, coarse)
+    flipped = np.diag([-1.0, -1.0, 1.0, 1.0])  # stored LPS: the loader reorients it
+    write_case(tmp_path, "p_lps", img, mask, flipped, flipped)
+
+    info = inspect_dataset(tmp_path)
+    empty, labels = info["problems"]
+    assert "4 patient(s) with an empty mask: p_empty_a (" in empty and "and 1 more" in empty
+    assert str(tmp_path / "p_empty_a" / "t2_anatomy_reader1.nii.gz") in empty
+    assert "label 2 in p_labels (" in labels and "label 7 in p_labels (" in labels
+    assert "label 1 in p0 (" in labels and "more" in labels  # the common label: a few named, the rest counted
+    spacing, orientation, placeholder = info["warnings"]
+    assert "1 of 13 volume(s) differ from the usual voxel spacing (mm) 1 x 1 x 1: 2 x 2 x 3 in p_spacing (" in spacing
+    assert "stored orientation RAS: LPS in p_lps (" in orientation
+    assert str(tmp_path / "p_lps" / "t2.nii.gz") in orientation
+    assert "12 of 13 volume(s) say 1 x 1 x 1 mm" in placeholder
+    text = format_inspection(info)
+    assert "WARNING: 1 of 13 volume(s) differ" in text and "PROBLEM: 4 patient(s) with an empty mask" in text
+
+
+def test_inspect_of_a_clean_folder_warns_of_nothing(tmp_path):
+    img, mask = volume()
+    affine = np.diag([0.6, 0.6, 3.0, 1.0])
+    for i in range(3):
+        write_case(tmp_path, f"p{i}", img, mask, affine, affine)
+    info = inspect_dataset(tmp_path)
+    assert info["problems"] == [] and info["warnings"] == []

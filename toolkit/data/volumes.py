@@ -148,3 +148,17 @@ def spacing_affine(spacing_xyz: tuple[float, float, float] | np.ndarray) -> np.n
     affine = np.eye(4)
     affine[:3, :3] = np.diag(np.asarray(spacing_xyz, dtype=float))
     return affine
+
+
+def stored_orientation(path: Path) -> str:
+    """The axis codes a volume is stored in (e.g. ``LPS``), before the loader reorients it to RAS."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "".join(nib.aff2axcodes(nib.load(str(path)).affine))
+    if name.endswith(ITK_SUFFIXES):
+        reader = _sitk().ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
+        return "".join(nib.aff2axcodes(np.block([[LPS_TO_RAS @ direction, np.zeros((3, 1))], [np.zeros((1, 3)), 1]])))
+    return "?"

@@ -108,3 +108,41 @@ def test_json_of_the_wrong_shape_is_damaged_too(run_dir):
         RunDir(run_dir).read_results()
     resumed = cli("run", "--resume", "--name", "r1", "--out", str(run_dir.parent), "-q")
     assert_clean_error(resumed, "split.json")
+
+
+@pytest.mark.parametrize("how", ["half", "garbage", "empty"])
+def test_a_damaged_slice_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how):
+    from toolkit.data import load_dataset
+    from toolkit.data.loading import phantom_dir
+    from toolkit.settings import DataSettings
+
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+    settings = DataSettings(path=str(phantom_dir(4, 0, tmp_path / "phantom")), image_size=32, cache=True)
+    first, fingerprint = load_dataset(settings)
+    [entry] = (tmp_path / "cache" / "slices").glob("*.npz")
+    truncate(entry, how)
+    with pytest.warns(UserWarning, match=rf"slice cache entry {entry} is damaged .*rebuilding it"):
+        again, fingerprint_again = load_dataset(settings)
+    assert fingerprint_again == fingerprint and (again.images == first.images).all()
+    assert SliceSet.load(entry).images.shape == first.images.shape  # rebuilt in place, loadable again
+
+
+@pytest.mark.parametrize("how", ["half", "garbage"])
+def test_a_damaged_cached_baseline_is_trained_again_with_a_warning(tmp_path, how):
+    from tests.conftest import TINY_SEG, make_slices
+    from toolkit.seg.baseline import BaselineStore
+
+    train, val = make_slices(n_patients=2, slices_per_patient=4, size=16), make_slices(2, 4, size=16, seed=1)
+
+    def store():
+        return BaselineStore(train, val, "fp", TINY_SEG, "cpu", tmp_path)
+
+    first, trained = store().get(0)
+    assert trained
+    [cached] = (tmp_path / "seg_baselines").glob("*.pt")
+    truncate(cached, how)
+    again = store()
+    with pytest.warns(UserWarning, match=rf"cached baseline {cached} is damaged .*trained again"):
+        result, trained = again.get(0)
+    assert trained and again.trained == 1 and result.best_val_dice == first.best_val_dice
+    assert store().get(0)[1] is False  # the replaced entry loads: no third training

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +77,19 @@ def fingerprint(cases: list[Case], settings: dict) -> str:
 
 
 def load_entry(root: Path, key: str) -> tuple[SliceSet, dict] | None:
-    """A cached SliceSet and its metadata, or None on a miss or a damaged entry."""
+    """A cached SliceSet and its metadata, or None on a miss or a damaged entry (warned, then rebuilt)."""
     npz, meta = root / f"{key}.npz", root / f"{key}.json"
     if not (npz.is_file() and meta.is_file()):
         return None
     try:
         info = json.loads(meta.read_text())
+        if not isinstance(info, dict) or "fingerprint" not in info:
+            raise ValueError(f"{meta} has no fingerprint")
         return SliceSet.load(npz), info
-    except (OSError, ValueError, KeyError):
-        return None  # half-written or corrupted: rebuild
+    except Exception as exc:  # truncated zip, bad JSON, a missing array: a cache entry is never worth stopping for
+        warnings.warn(f"slice cache entry {npz} is damaged ({type(exc).__name__}: {exc}); rebuilding it from the "
+                      "data (nothing else is affected)", stacklevel=2)
+        return None
 
 
 def save_entry(root: Path, key: str, ss: SliceSet, info: dict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,7 +91,12 @@ class BaselineStore:
             return self._memory[key]
         path = self.path(key)
         if path.is_file():
-            self._memory[key] = self._load(path)
+            try:
+                self._memory[key] = self._load(path)
+            except Exception as exc:  # truncated, not a checkpoint, other tensors: a cache entry is retrained
+                warnings.warn(f"cached baseline {path} is damaged ({type(exc).__name__}: {str(exc)[:200]}); it is "
+                              "trained again and replaced (nothing else is affected)", stacklevel=2)
+                return None
             return self._memory[key]
         return None
 

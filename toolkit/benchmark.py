@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -181,6 +182,30 @@ def _run_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int, setup: Work
     run_experiment(config, out=cells_dir, name=cell.name, force=not resume and run_dir.exists(), resume=resume,
                    progress=False, quiet=True)
     return "rerun" if stale else "resumed" if resume else "ran"
+
+
+def _run_cell_or_fail(plan: Plan, cell: Cell, cells_dir: Path, threads: int,
+                      setup: WorkerSetup = WorkerSetup()) -> str:
+    """:func:`_run_cell`, with a failure returned as ``failed: <error>`` so the other cells go on.
+
+    The cell's folder keeps what it wrote (its log.txt, its last checkpoint): the same benchmark
+    command resumes it, and never touches the finished cells.
+    """
+    try:
+        return _run_cell(plan, cell, cells_dir, threads, setup)
+    except Exception as exc:  # one cell's failure, reported at the end; Ctrl-C still stops everything
+        ours = type(exc).__module__.startswith("toolkit")  # ganseg's errors say what they are; others get a name
+        text = (str(exc) if ours else f"{type(exc).__name__}: {exc}").strip().splitlines()[0]
+        logfile = cells_dir / cell.name / "log.txt"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logfile, "a") as f:  # the traceback, for whoever fixes it (a plugin author needs it)
+            f.write(f"benchmark: cell failed: {text}\n" + "".join(traceback.format_exception(exc)))
+        log.error("benchmark: cell %s failed: %s (traceback in %s)", cell.name, text, logfile)
+        return f"failed: {text}"
+
+
+class CellsFailed(RunError):
+    """Some cells failed; the others finished and are in the leaderboard."""
 
 
 def _rescore_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
@@ -410,13 +435,26 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     # Cells: each a whole run; finished ones are kept. Then the re-scored ones (other augmentation levels).
     cells = plan.cells()
     t0 = time.perf_counter()
-    status = []
+    status: dict[str, str] = {}
     for stage in ([c for c in cells if not c.rescored], [c for c in cells if c.rescored]):
-        status += run_tasks(_run_cell, [(plan, c, cells_dir.resolve(), threads, setup) for c in stage])
-    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed, %d rerun on a changed split, %d re-scored) in %.0f s",
-             len(cells), status.count("kept"), status.count("ran"), status.count("resumed"), status.count("rerun"),
-             status.count("rescored"), time.perf_counter() - t0)
-    write_leaderboard(bench, plan, cells, baselines_trained=sum(trained))
+        done = run_tasks(_run_cell_or_fail, [(plan, c, cells_dir.resolve(), threads, setup) for c in stage])
+        status.update({c.name: s for c, s in zip(stage, done)})
+    counts = list(status.values())
+    failed = {name: s.removeprefix("failed: ") for name, s in status.items() if s.startswith("failed")}
+    log.info("benchmark: %d cells (%d kept, %d ran, %d resumed, %d rerun on a changed split, %d re-scored, %d failed) "
+             "in %.0f s", len(cells), counts.count("kept"), counts.count("ran"), counts.count("resumed"),
+             counts.count("rerun"), counts.count("rescored"), len(failed), time.perf_counter() - t0)
+    finished = [c for c in cells if c.name not in failed]
+    if finished:
+        write_leaderboard(bench, plan, finished, baselines_trained=sum(trained))
+    if failed:
+        lines = [f"  {name}: {error} (traceback: {cells_dir / name / 'log.txt'})"
+                 for name, error in failed.items()]
+        where = (f"the {len(finished)} finished cells are in {bench / 'leaderboard.md'}" if finished
+                 else "no cell finished, so there is no leaderboard")
+        raise CellsFailed(f"benchmark: {len(failed)} of {len(cells)} cells failed; {where}:\n" + "\n".join(lines)
+                          + "\nFix the cause and run the same command again: finished cells are kept, failed ones "
+                          "resume from their last checkpoint")
     return bench
 
 

@@ -227,7 +227,7 @@ def train_generator(
                 good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
                 raise PluginCallError(
                     f"generator '{gen_name}': train_step raised {type(exc).__name__} at step {step} "
-                    f"(a bug in the plugin; its traceback follows). Training stopped; {good}. "
+                    f"(a bug in the plugin). Training stopped; {good}. "
                     "Fix it, then `run --resume` continues from that checkpoint") from exc
             for name, value in losses.items():
                 value = float(value)

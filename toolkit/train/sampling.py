@@ -111,7 +111,7 @@ def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None
                 out = gen.sample(n, cond=cond, masks=masks, generator=generator)
         except Exception as exc:  # a bug in the plugin: name it, keep its traceback (__cause__)
             raise PluginCallError(f"generator '{gen_name}': sample({n}) raised {type(exc).__name__} (a bug in the "
-                                  "plugin; its traceback follows). The last checkpoint is kept: fix it, then "
+                                  "plugin). The last checkpoint is kept: fix it, then "
                                   "`run --resume` continues from it") from exc
         finally:
             for name, module in gen.modules().items():

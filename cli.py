@@ -197,8 +197,12 @@ def leaderboard(runs_dir, evaluator, metric, as_json):
     """Rank finished runs by one evaluator's metric, in groups of comparable runs (same data, test patients
     and evaluator settings); gains whose 95% CI includes 0 are marked."""
     from toolkit.leaderboard import collect, format_leaderboard, rank
+    from toolkit.rundir import RunError
 
-    groups = rank(collect(runs_dir, evaluator), metric)
+    try:
+        groups = rank(collect(runs_dir, evaluator), metric)
+    except RunError as exc:  # a damaged results.json, config.yaml or split.json, named
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
 
 

@@ -146,3 +146,50 @@ def test_a_damaged_cached_baseline_is_trained_again_with_a_warning(tmp_path, how
         result, trained = again.get(0)
     assert trained and again.trained == 1 and result.best_val_dice == first.best_val_dice
     assert store().get(0)[1] is False  # the replaced entry loads: no third training
+
+
+@pytest.mark.parametrize("name", ["results.json", "config.yaml", "split.json"])
+def test_leaderboard_names_a_damaged_run_file(run_dir, name):
+    path = run_dir / name
+    truncate(path, "garbage" if name != "results.json" else "half")
+    if name == "config.yaml":
+        path.write_text("run: [unclosed\n")
+    result = cli("leaderboard", "--runs", str(run_dir.parent), "--evaluator", "toy_stats")
+    assert_clean_error(result, str(path), "damaged or truncated", f"evaluate --run {run_dir}")
+
+
+@pytest.mark.parametrize("how", ["half", "garbage"])
+def test_a_damaged_benchmark_plan_is_named_before_any_work(tmp_path, monkeypatch, how):
+    from tests.test_benchmark import ARGS
+
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+    bench = tmp_path / "b"
+    bench.mkdir()
+    plan = bench / "benchmark.json"
+    plan.write_text(json.dumps({"plan": {"generators": ["toy"], "regimes": [2]}, "started": "2026-12-07"}))
+    truncate(plan, how)
+    result = cli(*ARGS, "--out", str(tmp_path), "--name", "b")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    error = result.output[result.output.index("Error: "):]
+    assert str(plan) in error and "damaged or truncated" in error and "another --name" in error
+    assert not (bench / "cells").exists()
+
+
+@pytest.mark.parametrize("how", ["half", "garbage", "a row short"])
+def test_a_damaged_per_patient_csv_is_named_with_the_rescore_command(tmp_path, how):
+    from toolkit.leaderboard_bench import per_patient_diffs
+
+    cell = tmp_path / "cells" / "toy-n2-r1-d0-s0"
+    (cell / "dice_gain").mkdir(parents=True)
+    rows = [f"{arm},{seed},p{p},0.{p}{seed}" for arm in ("baseline", "add") for seed in (0, 1) for p in range(3)]
+    path = cell / "dice_gain" / "per_patient.csv"
+    path.write_text("arm,seed,patient,dice\n" + "\n".join(rows) + "\n")
+    (cell / "dice_gain" / "summary.json").write_text(json.dumps({"primary_mode": "add", "modes": ["add"]}))
+    patients, diff = per_patient_diffs(cell)
+    assert patients == ["p0", "p1", "p2"] and diff.shape == (2, 3)
+    if how == "a row short":
+        path.write_text("arm,seed,patient,dice\n" + "\n".join(rows[:-1]) + "\n")
+    else:
+        truncate(path, how)
+    with pytest.raises(RunError, match=rf"{path} is damaged or truncated .*evaluate --run {cell} --evaluators dice_gain"):
+        per_patient_diffs(cell)

@@ -44,7 +44,7 @@ import numpy as np
 
 from toolkit.config import Config, resolve
 from toolkit.data.splits import distinct_draws
-from toolkit.io import atomic_write
+from toolkit.io import atomic_write, read_json
 from toolkit.registry import GENERATORS
 from toolkit.rundir import RunDir, RunError
 
@@ -202,6 +202,11 @@ def _run_cell_or_fail(plan: Plan, cell: Cell, cells_dir: Path, threads: int,
             f.write(f"benchmark: cell failed: {text}\n" + "".join(traceback.format_exception(exc)))
         log.error("benchmark: cell %s failed: %s (traceback in %s)", cell.name, text, logfile)
         return f"failed: {text}"
+
+
+#: What to do about a damaged benchmark.json: the cells are runs and keep their results.
+PLAN_FIX = ("Restore it (the same command wrote it), or run the benchmark under another --name; the finished cells "
+            "under cells/ are runs and keep their results (`evaluate --run` scores one again)")
 
 
 class CellsFailed(RunError):
@@ -410,7 +415,7 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     bench = Path(out) / name
     plan_file = bench / "benchmark.json"
     if plan_file.is_file():
-        saved = json.loads(plan_file.read_text())["plan"]
+        saved = read_json(plan_file, PLAN_FIX, RunError, check=lambda v: v["plan"])
         continued = _extended_plan(saved, plan)
         if continued is None:
             raise RunError(f"{bench} holds another benchmark plan ({plan_file}); use another --name, or the same "
@@ -515,7 +520,8 @@ def measured_components(path: str | Path) -> tuple[dict[str, float], str]:
     path = Path(path)
     estimates = []
     if (path / "benchmark.json").is_file():
-        cells = [c for c in Plan(**_plan_fields(json.loads((path / "benchmark.json").read_text())["plan"])).cells()
+        saved = read_json(path / "benchmark.json", PLAN_FIX, RunError, check=lambda v: v["plan"])
+        cells = [c for c in Plan(**_plan_fields(saved)).cells()
                  if is_finished(path / "cells" / c.name)]
         estimates = [nested_components(diff) for diff in group_diffs(path, cells).values()]
         where = f"{len(estimates)} generator rows of the benchmark {path}"
@@ -593,7 +599,8 @@ def _finished_cell_seconds(path: Path) -> dict[str, float]:
     """generator -> mean wall seconds of its finished cells in a benchmark folder (training + sampling + evaluation)."""
     out: dict[str, list[float]] = {}
     for results_file in sorted((path / "cells").glob("*/results.json")) if (path / "cells").is_dir() else []:
-        results = json.loads(results_file.read_text())
+        results = read_json(results_file, f"Score that cell again (python cli.py evaluate --run {results_file.parent})",
+                            RunError)
         if "values" not in results.get("evaluation", {}).get("dice_gain", {}):
             continue
         generator = results_file.parent.name.rsplit("-n", 1)[0]

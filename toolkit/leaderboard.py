@@ -14,9 +14,25 @@ from typing import Any
 
 import yaml
 
+from toolkit.io import read_checked, read_json
+from toolkit.rundir import RunError
+
 
 def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _a_dict(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"holds a {type(value).__name__}, not a mapping")
+    return value
+
+
+def _yaml_mapping(path: Path) -> dict:
+    try:
+        return _a_dict(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def collect(runs_dir: str | Path, evaluator: str) -> list[dict[str, Any]]:
@@ -24,12 +40,15 @@ def collect(runs_dir: str | Path, evaluator: str) -> list[dict[str, Any]]:
     rows = []
     for results_path in sorted(Path(runs_dir).glob("*/results.json")):
         run_dir = results_path.parent
-        results = json.loads(results_path.read_text())
+        fix = (f"Re-score that run (`python cli.py evaluate --run {run_dir}`), or move it out of {runs_dir}")
+        results = read_json(results_path, fix, RunError, check=_a_dict)
         entry = results.get("evaluation", {}).get(evaluator)
         if not entry or "values" not in entry:
             continue
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-        split = json.loads((run_dir / "split.json").read_text())["patients"] if (run_dir / "split.json").exists() else {}
+        config = read_checked(run_dir / "config.yaml", _yaml_mapping, fix, RunError) \
+            if (run_dir / "config.yaml").exists() else {}
+        split = read_json(run_dir / "split.json", fix, RunError, check=lambda v: v["patients"]) \
+            if (run_dir / "split.json").exists() else {}
         group = {
             "data": results.get("data", {}).get("fingerprint"),
             "test_patients": sorted(split.get("test", [])),

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.io import atomic_write
-from toolkit.rundir import RunDir
+from toolkit.io import atomic_write, read_checked, read_json
+from toolkit.rundir import RunDir, RunError
 from toolkit.seg.stats import variance_components, wilcoxon_p
 
 BASELINE = "(real only: baseline)"
@@ -49,28 +49,41 @@ def primary_arm(run_dir: Path) -> str:
     """The arm a cell's gain is measured on: its primary usage mode (cells scored before modes: augmented)."""
     summary = run_dir / "dice_gain" / "summary.json"
     if summary.is_file():
-        return json.loads(summary.read_text()).get("primary_mode", "augmented")
+        return read_json(summary, rescore_fix(run_dir), RunError).get("primary_mode", "augmented")
     return "augmented"
 
 
 def cell_modes(run_dir: Path) -> list[str]:
     """The usage modes a cell was scored under, primary first (cells scored before modes: augmented)."""
     summary = run_dir / "dice_gain" / "summary.json"
-    modes = json.loads(summary.read_text()).get("modes") if summary.is_file() else None
+    modes = read_json(summary, rescore_fix(run_dir), RunError).get("modes") if summary.is_file() else None
     return list(modes) if modes else [primary_arm(run_dir)]
 
 
 def per_patient_diffs(run_dir: Path, arm: str | None = None) -> tuple[list[str], np.ndarray]:
     """Test patients and the [U-Net seeds, patients] Dice differences ``arm`` (default: the primary
     mode) - baseline of one cell."""
-    with open(run_dir / "dice_gain" / "per_patient.csv") as f:
-        rows = list(csv.DictReader(f))
-    patients = sorted({r["patient"] for r in rows})
-    seeds = sorted({int(r["seed"]) for r in rows})
-    dice = {(r["arm"], int(r["seed"]), r["patient"]): float(r["dice"]) for r in rows}
     arm = arm or primary_arm(run_dir)
-    diff = np.array([[dice[(arm, s, p)] - dice[("baseline", s, p)] for p in patients] for s in seeds])
-    return patients, diff
+
+    def parse(path: Path) -> tuple[list[str], np.ndarray]:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ValueError("no rows")
+        patients = sorted({r["patient"] for r in rows})
+        seeds = sorted({int(r["seed"]) for r in rows})
+        dice = {(r["arm"], int(r["seed"]), r["patient"]): float(r["dice"]) for r in rows}
+        missing = [(a, s, p) for a in (arm, "baseline") for s in seeds for p in patients if (a, s, p) not in dice]
+        if missing:
+            raise KeyError(f"rows missing, e.g. arm {missing[0][0]!r} seed {missing[0][1]} patient {missing[0][2]!r}")
+        return patients, np.array([[dice[(arm, s, p)] - dice[("baseline", s, p)] for p in patients] for s in seeds])
+
+    return read_checked(run_dir / "dice_gain" / "per_patient.csv", parse, rescore_fix(run_dir), RunError)
+
+
+def rescore_fix(run_dir: Path) -> str:
+    """What to do about a cell's damaged dice_gain file: score its synthetic set again (no training)."""
+    return f"Score it again: python cli.py evaluate --run {run_dir} --evaluators dice_gain"
 
 
 def hierarchical_bootstrap(diff: np.ndarray, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:

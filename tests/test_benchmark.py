@@ -205,3 +205,13 @@ def test_a_finished_cell_whose_split_is_no_longer_its_draw_runs_again(bench, tmp
     after = {p.parent.name: p.stat().st_mtime_ns for p in (copy / "cells").glob("*/results.json")}
     assert [name for name in after if after[name] != before[name]] == ["toy-n2-r1-d1-s0"]
     assert json.loads((cell / "split.json").read_text())["patients"]["train"] == drawn
+
+
+def test_draws_that_would_repeat_the_whole_data_pool_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+    args = [a if a != "split.test_patients=rest" else "split.test_patients=4" for a in ARGS]
+    args = [a if a != "split.train_pool=4" else "split.train_pool=null" for a in args]
+    args[args.index("--train-patients") + 1] = "4"  # 10 phantom patients - 2 val - 4 test: all 4 left train
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path), "--name", "x"])
+    assert result.exit_code == 1 and "split.draw=1: the training pool holds 4 patients" in result.output, result.output
+    assert not (tmp_path / "x").exists()

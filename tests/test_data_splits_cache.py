@@ -145,3 +145,13 @@ def test_draws_never_repeat_a_training_set_and_stop_at_the_last_distinct_one():
             earlier = [drawn_subset(5, 4, seed, e) for e in range(d)]
             if tuple(sorted(first)) not in earlier:
                 assert drawn_subset(5, 4, seed, d) == tuple(sorted(int(i) for i in first))
+
+
+def test_a_second_draw_of_a_pool_that_all_trains_is_refused():
+    # 12 patients, 2 val + 6 test: the 4 left all train, so draw 1 would repeat draw 0's patients.
+    patients = [f"case{i:03d}" for i in range(12)]
+    base = dict(val_patients=2, test_patients=6, train_pool=None, n_train_patients=4)
+    assert len(split_patients(patients, SplitSettings(**base, draw=0))["train"]) == 4
+    with pytest.raises(DataError, match=r"split.draw=1: the training pool holds 4 patients and 4 train, so there "
+                                        r"is only one training set"):
+        split_patients(patients, SplitSettings(**base, draw=1))

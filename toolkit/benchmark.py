@@ -375,6 +375,21 @@ def check_plan(plan: Plan) -> None:
                         "sets; use fewer draws or a larger pool")
 
 
+def check_splits(plan: Plan) -> None:
+    """Every (regime, draw)'s split on the data itself, before any work: a pool the data decides
+    (``split.train_pool: null``) may hold fewer distinct training sets than ``--draws``."""
+    from toolkit import data as datalib
+
+    config = cell_config(plan, plan.cells()[0], 1)
+    if config.split.train_pool is not None or plan.draws == 1:
+        return  # check_plan counted the pool's sets already; the data's size is checked by every run
+    slices, _ = datalib.load_dataset(config.data, datalib.cache_dir())
+    patients = slices.patients()
+    for n in plan.regimes:
+        for draw in range(plan.draws):
+            datalib.split_patients(patients, replace(config.split, n_train_patients=n, draw=draw))
+
+
 def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
     """The saved plan equals this one; keys a saved plan predates count as their defaults."""
     current = json.loads(json.dumps(asdict(plan)))
@@ -411,6 +426,7 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
     from toolkit.leaderboard_bench import write_leaderboard
 
     check_plan(plan)
+    check_splits(plan)
     name = name or f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     bench = Path(out) / name
     plan_file = bench / "benchmark.json"

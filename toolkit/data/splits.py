@@ -60,6 +60,12 @@ def split_patients(patients: list[str], split_cfg: SplitSettings) -> dict[str, l
         test, val, rest = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
         pool = rest if pool_size is None else rest[:pool_size]  # here train_pool is a cap
     if n_train is None or n_train >= len(pool):
+        if split_cfg.draw > 0:  # one possible training set: another draw would only repeat it
+            raise DataError(
+                f"split.draw={split_cfg.draw}: the training pool holds {len(pool)} patients and "
+                f"{'all of them train' if n_train is None else f'{n_train} train'}, so there is only one training "
+                "set (draw 0); another draw would count the same patients twice. Use --draws 1, or leave more "
+                "patients in the pool (split.train_pool, or fewer split.test_patients / split.val_patients)")
         train = pool
     else:
         train = [pool[i] for i in drawn_subset(len(pool), n_train, split_cfg.seed, split_cfg.draw)]

@@ -215,3 +215,26 @@ def test_draws_that_would_repeat_the_whole_data_pool_are_refused_before_any_work
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path), "--name", "x"])
     assert result.exit_code == 1 and "split.draw=1: the training pool holds 4 patients" in result.output, result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_plan_counts_the_unets_of_every_mode_and_augmentation_level(bench, monkeypatch):
+    import toolkit.benchmark as benchmark
+    from toolkit.benchmark import Plan, estimate_plan
+
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    monkeypatch.setattr(benchmark, "measure_unet_seconds", lambda *a: 10.0)  # fixed times: the arithmetic alone
+    monkeypatch.setattr(benchmark, "measure_step_seconds", lambda *a: (0.0, 0.0))
+    overrides = ("run.evaluators=[dice_gain]", "evaluators.dice_gain.tstr=false", "evaluators.dice_gain.seeds=2",
+                 "data.phantom_patients=10", "split.train_pool=4", "split.test_patients=rest")
+
+    def wall(modes=(), levels=(), control=False):
+        extra = ("evaluators.dice_gain.compute_control=true",) if control else ()
+        plan = Plan(("deformed_real",), (2,), (1.0,), 1, 1, "smoke", overrides=overrides + extra, modes=modes,
+                    seg_augment=levels)
+        rows = estimate_plan(plan, jobs=1)["rows"]
+        return next(r for r in rows if r["this_plan"])["wall_seconds"]
+
+    one = wall(("replace",))  # 2 U-Net seeds x (1 arm + the baseline) x 10 s
+    assert one == pytest.approx(2 * 10 * 2)
+    # replace 1 + pretrain 1 + add 2 (a real and a synthetic batch) + add_real 2, then the baseline, per level:
+    assert wall(("add", "replace", "pretrain"), ("standard", "none"), control=True) == pytest.approx(2 * 2 * 10 * 7)

@@ -660,7 +660,14 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
     prepared = prepare_data(config)
     dice_gain = build_evaluators(config, ["dice_gain"])["dice_gain"]
     unet_seeds, patients = dice_gain.seeds, len(prepared.split["test"])
-    arms = 1 + int(dice_gain.tstr) + len(dice_gain.controls)  # U-Nets per U-Net seed in a cell
+    levels = max(1, len(plan.seg_augment))  # each further augmentation level re-scores every trained cell
+
+    def arms(ratio: float) -> float:
+        """U-Nets per U-Net seed in one scoring, in units of a real-only U-Net: an arm that forwards
+        (1 + ratio) x the batch (add, its equal-compute control) costs about that much more."""
+        wide = 1 + ratio
+        return (sum(wide if m == "add" else 1.0 for m in dice_gain.modes) + (wide if dice_gain.compute_control else 0)
+                + int(dice_gain.tstr) + len(dice_gain.controls))
     unet_s = measure_unet_seconds(config, prepared, device)
     slices_per_patient = len(prepared.train) / max(1, len(prepared.split["train"]))
     finished = _finished_cell_seconds(Path(from_path)) if from_path is not None else {}
@@ -681,7 +688,7 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
         for n in plan.regimes:
             for r in plan.ratios:
                 synthetic = max(r, gconfig.run.synthetic_ratio) * slices_per_patient * n
-                cell_s[(g, n, r)] = train_s + synthetic * sample_s + arms * unet_seeds * unet_s
+                cell_s[(g, n, r)] = train_s + synthetic * sample_s + levels * arms(r) * unet_seeds * unet_s
 
     # The designs: each draws x seeds with the plan's generators, regimes and ratios.
     rows = []
@@ -689,7 +696,7 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
         for seeds in sorted({*PLAN_SEEDS, plan.seeds}):
             mde = design_mde(components, draws, seeds, unet_seeds, patients)
             cells = len(plan.generators) * len(plan.regimes) * len(plan.ratios) * draws * seeds
-            work = sum(cell_s.values()) * draws * seeds + len(plan.regimes) * draws * unet_seeds * unet_s
+            work = sum(cell_s.values()) * draws * seeds + len(plan.regimes) * draws * levels * unet_seeds * unet_s
             rows.append({"draws": draws, "seeds": seeds, "cells": cells, "mde80": mde,
                          "meets_target": mde <= target_effect, "wall_seconds": work / jobs,
                          "this_plan": (draws, seeds) == (plan.draws, plan.seeds)})

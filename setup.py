@@ -24,11 +24,12 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]),
+    # configs/ stays at the top level (the product brief fixes the layout) and is installed beside
+    # toolkit/ as data, so a wheel or `pip install .` finds its defaults where a checkout does.
+    packages=[*find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]), "configs"],
     py_modules=["cli"],
-    # configs/ stays at the top level (the product brief fixes the layout), so install
-    # editable (pip install -e .): the toolkit reads configs/ beside its own folder.
-    package_data={"toolkit": ["templates/*.tmpl"]},
+    package_data={"toolkit": ["templates/*.tmpl", "benchmark_variance_defaults.json"],
+                  "configs": ["*.yaml", "profiles/*.yaml", "generators/*.yaml"]},
     install_requires=[
         # The pair that installs on the project's CPU machines without a multi-GB download.
         "torch==2.14.1",

@@ -487,7 +487,8 @@ def describe(plan: Plan) -> dict[str, Any]:
 
 # --plan: how many draws x seeds a target effect needs, and how long that takes -----------------------------
 
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "benchmark_variance_defaults.json"
+#: The recorded variance components --plan assumes without --from (package data: a wheel ships it).
+DEFAULTS_FILE = Path(__file__).resolve().parent / "benchmark_variance_defaults.json"
 PLAN_DRAWS = (1, 2, 3, 4, 6, 8, 12)
 PLAN_SEEDS = (1, 2, 3)
 
@@ -500,7 +501,7 @@ def default_components() -> tuple[dict[str, float], dict[str, str]]:
         for key, value in data[part].items():
             if key != "source":
                 values[key] = float(value)
-                sources[key] = f"default ({part}, benchmarks/results/{DEFAULTS_FILE.name})"
+                sources[key] = f"default ({part}, toolkit/{DEFAULTS_FILE.name})"
     return values, sources
 
 

@@ -114,8 +114,9 @@ def gain_plot(rows: Sequence[dict], title: str) -> np.ndarray:
     """
     if not rows:
         raise ValueError("gain_plot needs at least one row")
-    left, right, top, row_h = 150, 24, 36, 22
-    width, height = 640, top + row_h * len(rows) + 40
+    labels = [str(r["generator"])[:48] for r in rows]
+    left, right, top, row_h = max(150, 20 + 6 * max(len(t) for t in labels)), 24, 36, 22  # labels never cut short
+    width, height = 490 + left, top + row_h * len(rows) + 40
     lo = min(min(r["ci_low"] for r in rows), 0.0)
     hi = max(max(r["ci_high"] for r in rows), 0.0)
     pad = 0.05 * (hi - lo or 1.0)
@@ -137,7 +138,7 @@ def gain_plot(rows: Sequence[dict], title: str) -> np.ndarray:
         y = top + row_h * i + row_h / 2
         colour = (150, 150, 150) if r["ci_low"] <= 0 <= r["ci_high"] else \
             COLOURS["up"] if r["dice_gain"] > 0 else COLOURS["down"]
-        draw.text((8, y - 6), str(r["generator"])[:22], fill=COLOURS["axis"], font=font)
+        draw.text((8, y - 6), labels[i], fill=COLOURS["axis"], font=font)
         draw.line([(x_of(r["ci_low"]), y), (x_of(r["ci_high"]), y)], fill=colour, width=2)
         x = x_of(r["dice_gain"])
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)

@@ -18,6 +18,12 @@ from toolkit.types import Batch, DataSpec
 SIZE = 32
 
 
+@pytest.fixture(scope="module")
+def phantom_cache(tmp_path_factory):
+    """One phantom for the module's CLI runs (it is generated once)."""
+    return tmp_path_factory.mktemp("phantom-cache")
+
+
 def toy_with(sample_fn):
     """The test-only ``toy`` generator with its sample() replaced by ``sample_fn(n, cond, masks, generator)``."""
     cls = GENERATORS.get("toy")
@@ -94,8 +100,8 @@ class Broken(GENERATORS.get("toy")):
     ("mygen_nan", "return Batch(out.image * float('nan'), out.mask, None)", "NaN or infinite"),
 ])
 def test_the_cli_stops_with_one_error_line_before_any_evaluator_and_keeps_the_checkpoint(
-        tmp_path, monkeypatch, name, body, expected):
-    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+        tmp_path, monkeypatch, phantom_cache, name, body, expected):
+    monkeypatch.setenv("GANSEG_CACHE", str(phantom_cache))
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / f"{name}.py").write_text(textwrap.dedent(BROKEN_PLUGIN).format(name=name, body=body))
@@ -132,8 +138,8 @@ class Raising(GENERATORS.get("toy")):
     ("buggy_sample", "sample", "True", "sample(32) raised KeyError"),  # the step-4 TensorBoard grid, 32 pairs
 ])
 def test_a_plugin_bug_keeps_its_traceback_under_one_line_naming_plugin_and_step(
-        tmp_path, monkeypatch, name, method, condition, expected):
-    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "cache"))
+        tmp_path, monkeypatch, phantom_cache, name, method, condition, expected):
+    monkeypatch.setenv("GANSEG_CACHE", str(phantom_cache))
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / f"{name}.py").write_text(textwrap.dedent(RAISING_PLUGIN).format(

@@ -225,9 +225,11 @@ def train_generator(
                 losses = gen.train_step(batch, step)
             except Exception as exc:  # a bug in the plugin: name it, keep its traceback (__cause__)
                 good = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+                cause = "out of memory: lower train.batch_size or data.image_size" \
+                    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) else "a bug in the plugin"
                 raise PluginCallError(
                     f"generator '{gen_name}': train_step raised {type(exc).__name__} at step {step} "
-                    f"(a bug in the plugin). Training stopped; {good}. "
+                    f"({cause}). Training stopped; {good}. "
                     "Fix it, then `run --resume` continues from that checkpoint") from exc
             for name, value in losses.items():
                 value = float(value)

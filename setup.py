@@ -15,7 +15,8 @@ EXTRAS = {
     # benchmark --executor ray: cells as Ray tasks on a local or remote cluster.
     "ray": ["ray>=2.9"],
 }
-EXTRAS["dev"] = sorted({"pytest>=7", "ruff>=0.4", *EXTRAS["mhd"], *EXTRAS["fid"]})
+# import-linter: the layers contract in pyproject.toml (CI runs lint-imports).
+EXTRAS["dev"] = sorted({"pytest>=7", "ruff>=0.4", "import-linter>=2", *EXTRAS["mhd"], *EXTRAS["fid"]})
 
 setup(
     name="ganseg",

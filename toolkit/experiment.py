@@ -27,8 +27,9 @@ from toolkit.plugin import EvalContext, Evaluator, Generator, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
 from toolkit.report import describe_set, environment, log_evaluation, summary_table  # noqa: F401  (summary_table: API)
 from toolkit.rundir import RunDir, RunError, default_run_name
-from toolkit.runtime import Runtime, setup_runtime
+from toolkit.runtime import Runtime
 from toolkit.seg.baseline import BaselineStore
+from toolkit.train.distributed import setup_runtime
 from toolkit.train.loop import checkpoint_path, load_generator_state, resume_state, train_generator
 from toolkit.train.runlog import RunLog
 from toolkit.train.sampling import make_sampler, sample_set

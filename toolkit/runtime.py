@@ -184,20 +184,3 @@ def reproducible(threads: int | None, device: torch.device | str = "cpu") -> Ite
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
-
-
-def setup_runtime(device: str, precision: str, channels_last: str, threads: int | None):
-    """Device (joining a torchrun process group if there is one), threads, precision and memory layout.
-
-    Returns:
-        (Runtime, DistInfo): the second says this process's rank; a single process unless started by torchrun.
-    """
-    from toolkit.train.distributed import init_from_env
-
-    dev = resolve_device(device)
-    dist_info = init_from_env(dev.type)
-    if dist_info.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(dev)
-    n = set_threads(threads)
-    return Runtime(dev, n, resolve_precision(precision, dev), resolve_channels_last(channels_last, dev)), dist_info

@@ -106,6 +106,17 @@ class SplitSettings(Section):
                               f"split.train_pool={self.train_pool}; raise train_pool or lower n_train_patients")
 
 
+#: The mask sources ``masks.source`` may name (``toolkit.data.masks`` builds them).
+SOURCES = ("deformed_real", "real", "run:<dir>")
+
+
+def check_source(source: str) -> None:
+    """Fail early on a ``masks.source`` value that names no source."""
+    if source in ("deformed_real", "real") or (source.startswith("run:") and len(source) > 4):
+        return
+    raise ValueError(f"masks.source={source!r}: expected one of {', '.join(SOURCES)}")
+
+
 @dataclass(frozen=True)
 class MaskSettings(Section):
     section: ClassVar[str] = "masks"
@@ -117,8 +128,6 @@ class MaskSettings(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from toolkit.data.masks import check_source
-
         check_source(self.source)
 
     def deformation(self) -> dict[str, float]:

@@ -30,8 +30,7 @@ from scipy import ndimage
 
 from toolkit.data.errors import DataError
 from toolkit.data.slices import SliceSet
-
-SOURCES = ("deformed_real", "real", "run:<dir>")
+from toolkit.settings import SOURCES, check_source  # noqa: F401  (SOURCES: re-exported)
 
 
 def mask_condition(masks: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -177,13 +176,6 @@ class RunMasks(MaskSource):
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.randint(len(self.masks), (n,), generator=generator)
         return self.masks[rows].clone(), self.cond[rows].clone()
-
-
-def check_source(source: str) -> None:
-    """Fail early on a ``masks.source`` value that names no source."""
-    if source in ("deformed_real", "real") or (source.startswith("run:") and len(source) > 4):
-        return
-    raise ValueError(f"masks.source={source!r}: expected one of {', '.join(SOURCES)}")
 
 
 def build_mask_source(source: str, train: SliceSet, **deform_settings: float) -> MaskSource:

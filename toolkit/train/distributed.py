@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from toolkit.runtime import Runtime, resolve_channels_last, resolve_device, resolve_precision, set_threads
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -67,3 +69,18 @@ def average_gradients_before_step(optimizers: dict[str, torch.optim.Optimizer]) 
                 p.grad /= world
 
     return [opt.register_step_pre_hook(hook) for _, opt in sorted(optimizers.items())]
+
+
+def setup_runtime(device: str, precision: str, channels_last: str, threads: int | None):
+    """Device (joining a torchrun process group if there is one), threads, precision and memory layout.
+
+    Returns:
+        (Runtime, DistInfo): the second says this process's rank; a single process unless started by torchrun.
+    """
+    dev = resolve_device(device)
+    dist_info = init_from_env(dev.type)
+    if dist_info.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(dev)
+    n = set_threads(threads)
+    return Runtime(dev, n, resolve_precision(precision, dev), resolve_channels_last(channels_last, dev)), dist_info

@@ -193,3 +193,31 @@ def test_a_damaged_per_patient_csv_is_named_with_the_rescore_command(tmp_path, h
         truncate(path, how)
     with pytest.raises(RunError, match=rf"{path} is damaged or truncated .*evaluate --run {cell} --evaluators dice_gain"):
         per_patient_diffs(cell)
+
+
+def test_a_metrics_line_cut_short_by_a_kill_does_not_stop_a_resume(run_dir):
+    metrics = run_dir / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 4, "loss/lo')  # a write interrupted mid-line
+    resumed = cli("run", "--resume", "--name", "r1", "--out", str(run_dir.parent), "-q", "--set", "train.steps=6")
+    assert resumed.exit_code == 0, resumed.output
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line parses again
+    assert max(r["step"] for r in records) == 6
+    assert "dropped 1 damaged line(s)" in (run_dir / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("how", ["half", "garbage"])
+def test_damaged_cached_real_features_are_computed_again_with_a_warning(run_dir, shared_cache, how):
+    first = cli("evaluate", "--run", str(run_dir), "--evaluators", "fd", "--set", "evaluators.fd.features=random",
+                "-q")
+    assert first.exit_code == 0, first.output
+    fd = json.loads((run_dir / "results.json").read_text())["evaluation"]["fd"]["values"]
+    cached = sorted((shared_cache / "eval" / "quality").glob("*-random-*.npy"))
+    assert cached
+    for path in cached:
+        truncate(path, how)
+    with pytest.warns(UserWarning, match=r"cached features .* are damaged .*computing them again"):
+        again = cli("evaluate", "--run", str(run_dir), "--evaluators", "fd", "--set",
+                    "evaluators.fd.features=random", "-q")
+    assert again.exit_code == 0, again.output
+    assert json.loads((run_dir / "results.json").read_text())["evaluation"]["fd"]["values"] == fd

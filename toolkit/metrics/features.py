@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.io import atomic_write
+from toolkit.io import DAMAGED, atomic_write
 from toolkit.metrics.extractors import FeatureExtractor
 
 if TYPE_CHECKING:
@@ -69,7 +70,14 @@ def real_features(ctx: EvalContext, split: str, extractor: FeatureExtractor,
 
     def load_or_extract() -> np.ndarray:
         if path.is_file():
-            return np.load(path, allow_pickle=False)
+            try:
+                cached = np.load(path, allow_pickle=False)
+                if cached.ndim != 2 or len(cached) != len(rows):
+                    raise ValueError(f"holds {list(cached.shape)} features for {len(rows)} slices")
+                return cached
+            except DAMAGED as exc:  # a cache entry: recomputed, never worth stopping a run for
+                warnings.warn(f"cached features {path} are damaged ({type(exc).__name__}: {exc}); computing them "
+                              "again (nothing else is affected)", stacklevel=2)
         feats = extractor(slices.images[rows])
         atomic_write(path, lambda f: np.save(f, feats))  # a killed run never leaves a half-written file
         return feats

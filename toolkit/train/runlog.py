@@ -67,7 +67,16 @@ class RunLog:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        kept, dropped = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write: only a log line, so drop it
+                record, dropped = None, dropped + 1
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        if dropped:
+            self.info(f"resume: dropped {dropped} damaged line(s) of {path} (cut short by an interrupted write)")
         path.write_text("".join(line + "\n" for line in kept))
 
     def close(self) -> None:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from toolkit.settings import SegSettings
 
 
+def plugin_name(plugin: object) -> str:
+    """The name a plugin is registered under (its class name if it was never registered), for messages."""
+    return getattr(type(plugin), "registry_name", type(plugin).__name__)
+
+
 class PluginCallError(RuntimeError):
     """A plugin's own code raised inside a call the core made (``train_step``, ``sample``).
 

@@ -94,7 +94,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", **data_cfg) -> dict:
         if not gland.any():
             empty.append(case.patient)
         per_case.append({"patient": case.patient, "image": str(case.image), "mask": str(case.mask),
-                         "shape": shape, "spacing": spacing, "orientation": stored_orientation(case.image), "labels": case_labels, "slices": int(arr.shape[2]),
+                         "shape": shape, "spacing": spacing, "orientation": stored_orientation(case.image),
+                         "labels": case_labels, "slices": int(arr.shape[2]),
                          "gland_slices": n_gland, "gland_share": share, "crop_needed": needed,
                          "channels": int(image.array.shape[3]) if image.array.ndim == 4 else 1,
                          "intensity_range": [float(arr.min()), float(arr.max())]})

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import Generator, PluginCallError
+from toolkit.plugin import Generator, PluginCallError, plugin_name
 from toolkit.runtime import Runtime
 from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -162,7 +162,7 @@ def train_generator(
         raise ValueError("no training slices: check data.slices and split settings")
     ckpt = checkpoint_path(run_dir)
     writer = runlog.writer
-    gen_name = getattr(type(gen), "registry_name", type(gen).__name__)
+    gen_name = plugin_name(gen)
 
     # Build: precision and memory layout; every rank starts from rank 0's weights.
     channels_last = runtime is not None and runtime.channels_last

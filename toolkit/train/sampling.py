@@ -9,7 +9,7 @@ import torch
 
 from toolkit.data.masks import MaskSource, RealMasks
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import Generator, PluginCallError
+from toolkit.plugin import Generator, PluginCallError, plugin_name
 from toolkit.types import Batch
 
 Sampler = Callable[[int, torch.Generator], Batch]
@@ -93,7 +93,7 @@ def make_sampler(gen: Generator, train: SliceSet, mask_source: MaskSource | None
     GeneratorContractError naming the generator and what was wrong.
     """
     real = train.to_batch()
-    gen_name = getattr(type(gen), "registry_name", type(gen).__name__)
+    gen_name = plugin_name(gen)
     data_shape = tuple(real.image.shape[1:])  # (C, H, W) of the real slices
     if gen.needs_masks and mask_source is None:
         mask_source = gen.mask_source or RealMasks(train)

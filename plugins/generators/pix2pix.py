@@ -50,6 +50,15 @@ fourth slice of each training patient for model selection (never a
 validation or test patient), and says so in the log. Its weights are part of
 the state dict, so a resumed run uses exactly the same network.
 
+**Segmentation in the loop** (``seg_loop: true``; off by default; GenSeg,
+Zhang et al., 2025): every ``seg_loop_every`` steps a small segmenter S takes a
+differentiable SGD step on G's renderings of deformed real masks, and G gets
+the gradient of the stepped S's loss on held-out real *training* slices
+(``toolkit.nn.seg_loop``): G is rewarded for pairs that teach S something that
+holds on real data, not only for images that show their mask. S also trains
+normally on real plus rendered pairs; it, its optimizer and its random stream
+are in the state dict.
+
 D is the spectral-norm PatchGAN of ``toolkit.nn.patchgan`` (Miyato et al.,
 ICLR 2018) with DiffAugment on all of its inputs (Zhao et al., NeurIPS 2020),
 hinge loss by default; Adam with betas (0.5, 0.999) as in DCGAN/pix2pix.
@@ -63,13 +72,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
-from toolkit.data.masks import mask_condition
+from toolkit.data.masks import DeformedMasks, mask_condition
 from toolkit.data.slices import SliceSet
 from toolkit.metrics.ssim import ms_ssim
 from toolkit.nn import losses
@@ -78,8 +86,10 @@ from toolkit.nn.diffaug import DiffAugment
 from toolkit.nn.ema import EMA
 from toolkit.nn.patchgan import PatchGAN
 from toolkit.nn.rng import RandomSource
+from toolkit.nn.seg_loop import LoopStep, SegLoop, holdout_split
 from toolkit.plugin import Generator, TrainContext
 from toolkit.registry import GENERATORS
+from toolkit.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from toolkit.seg.train import Pool, dice_bce_loss, train_unet
 from toolkit.settings import SegSettings
 from toolkit.train.visuals import overlay
@@ -209,19 +219,6 @@ class FrozenSegmenter:
         self.module.load_state_dict(state["module"])
 
 
-def holdout_split(train: SliceSet, every: int = 4) -> tuple[SliceSet, SliceSet]:
-    """(fit, val) slices of the training patients: every ``every``-th slice of each patient is held out."""
-    rows = np.arange(len(train))
-    order = np.zeros(len(train), dtype=np.int64)
-    for patient in train.patients():
-        mine = rows[train.patient == patient]
-        order[mine[np.argsort(train.slice_index[mine], kind="stable")]] = np.arange(len(mine))
-    held = order % every == every // 2
-    if held.all() or not held.any():
-        raise ValueError(f"pix2pix: too few training slices ({len(train)}) to hold out a validation share")
-    return train.select(rows[~held]), train.select(rows[held])
-
-
 def train_fallback_segmenter(train: SliceSet, steps: int, base_channels: int, device: torch.device) -> nn.Module:
     """A small U-Net on the training patients only, seed 0, model selection on held-out slices of them."""
     fit, val = holdout_split(train)
@@ -236,18 +233,24 @@ def train_fallback_segmenter(train: SliceSet, steps: int, base_channels: int, de
     return result.model
 
 
+def grad_norm(params: list[torch.Tensor]) -> float:
+    """L2 norm of the parameters' current gradients (those without one count as zero)."""
+    norms = [p.grad.norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 # The generator ------------------------------------------------------------------------------
 
 
 @GENERATORS.register("pix2pix")
 class Pix2Pix(Generator):
-    """Mask-to-image U-Net GAN with a latent, a diversity-sensitive loss and optional segmentation consistency."""
+    """Mask-to-image U-Net GAN with a latent, a diversity loss, optional seg consistency or seg in the loop."""
 
     needs_masks: ClassVar[bool] = True
     conditional: ClassVar[bool] = True
     tiny: ClassVar[dict[str, Any]] = {
         "base_channels": 4, "max_channels": 16, "depth": 3, "z_dim": 4, "style_dim": 16, "latent_channels": 2,
-        "d_channels": 4, "d_max_channels": 16, "seg_steps": 4, "seg_base_channels": 4,
+        "d_channels": 4, "d_max_channels": 16, "seg_steps": 4, "seg_base_channels": 4, "seg_loop_base_channels": 4,
     }
 
     def __init__(
@@ -281,6 +284,14 @@ class Pix2Pix(Generator):
         seg_base_channels: int = 8,  # width of the fallback U-Net
         visual_masks: int = 6,  # masks in the TensorBoard grid of several renderings per mask
         visual_renderings: int = 4,  # renderings per mask in that grid and the diversity number
+        seg_loop: bool = False,  # segmentation in the loop (GenSeg): G learns from what a segmenter learns from it
+        seg_loop_every: PositiveInt = 8,  # G steps per loop step (one loop step costs ~2.4 plain steps; see the docs)
+        seg_loop_weight: NonNegativeFloat = 1.0,  # weight of the loop's hypergradient in G's update
+        seg_loop_inner_lr: PositiveFloat = 0.05,  # SGD rate of S's differentiable step(s) on G's pairs
+        seg_loop_inner_steps: PositiveInt = 1,  # differentiable S steps per loop step (k)
+        seg_loop_order: Literal["first", "second"] = "first",  # hypergradient: finite difference, or exact
+        seg_loop_lr: PositiveFloat = 1e-3,  # Adam rate of S's ordinary training on real + synthetic pairs
+        seg_loop_base_channels: PositiveInt = 8,  # width of the loop's segmenter S (GroupNorm U-Net, depth 3)
     ) -> None:
         super().__init__(spec, device)
         for name, value, valid in (("adv_loss", adv_loss, ("hinge", "nonsat")), ("l1_mode", l1_mode, ("best", "all"))):
@@ -315,12 +326,22 @@ class Pix2Pix(Generator):
         self.augment = DiffAugment(diffaug, image_channels=spec.channels, device=self.device)
         # Built in setup() when seg_consistency_weight > 0 (a FrozenSegmenter).
         self.segmenter: FrozenSegmenter | None = None
+        # Built last, so G, D and the noise stream start as they do without the loop; pools attach in setup().
+        self.seg_loop_every = seg_loop_every
+        self.seg_loop_weight = seg_loop_weight
+        self.seg_loop = SegLoop(spec, self.device, loss_fn=dice_bce_loss, base_channels=seg_loop_base_channels,
+                                lr=seg_loop_lr, inner_lr=seg_loop_inner_lr, inner_steps=seg_loop_inner_steps,
+                                order=seg_loop_order) if seg_loop else None
 
     # Setup: the mask source, and the frozen U-Net for segmentation consistency -----------------
 
     def setup(self, ctx: TrainContext) -> None:
-        """Keep the mask source; with ``seg_consistency_weight`` > 0, get or train the frozen U-Net."""
+        """Keep the mask source; give the loop the training slices; with ``seg_consistency_weight`` > 0, get
+        or train the frozen U-Net."""
         super().setup(ctx)
+        if self.seg_loop is not None:
+            # Its own deformed real masks over the fit slices: held-out slices never reach the inner step.
+            self.seg_loop.attach(ctx.train, DeformedMasks)
         if self.seg_consistency_weight <= 0 or self.segmenter is not None:
             return
         provided: Callable[[], nn.Module] | None = ctx.segmenter
@@ -390,15 +411,38 @@ class Pix2Pix(Generator):
             l_seg = dice_bce_loss(seg_logits, masks[seg_rows])
             loss = loss + self.seg_consistency_weight * l_seg
             stats["g_seg"] = l_seg.item()
+        # 4. Segmentation in the loop, every seg_loop_every steps: the hypergradient joins G's gradient.
+        loop = self.loop_step(n) if self.seg_loop is not None and step % self.seg_loop_every == 0 else None
         self.opt_g.zero_grad(set_to_none=True)
+        if loop is not None:
+            g_params = list(self.generator_net.parameters())
+            (self.seg_loop_weight * loop.hyper.surrogate).backward(inputs=g_params)
+            loop_norm = grad_norm(g_params)
         loss.backward()
+        if loop is not None:
+            # The loop's share of G's update: |loop gradient| / |total gradient| (above 1 when they oppose).
+            loop_share = loop_norm / max(grad_norm(g_params), 1e-12)
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.generator_net)
         stats.update(loss=loss.item(), d_loss=d_loss.item(), d_real=d_real.mean().item(),
                      d_fake=d_fake.mean().item(), g_adv=l_adv.item(), g_l1=l_l1.item(),
                      g_div=l_div.item(), same_mask_l1=image_distance.mean().item())
+        if loop is not None:
+            # 5. S's ordinary step on real + these renderings (after G's backward, which read S's weights).
+            stats.update(loop_inner=loop.hyper.inner, loop_real_before=loop.hyper.before,
+                         loop_real_after=loop.hyper.after, loop_grad_share=loop_share,
+                         loop_seg=self.seg_loop.train_segmenter(loop.synthetic))
         return stats
+
+    def loop_step(self, n: int) -> LoopStep:
+        """The loop's step: ``n`` deformed real masks rendered by G (latents from the loop's own stream)."""
+
+        def render(masks: torch.Tensor, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            z = torch.randn(len(masks), self.z_dim, generator=generator).to(self.device)
+            return self.render(self.generator_net, masks, z, cond)
+
+        return self.seg_loop.step(render, n)
 
     # Sampling ------------------------------------------------------------------------------------
 

@@ -217,6 +217,17 @@ def _names(text: str | None, option: str, valid: tuple[str, ...]) -> tuple[str, 
     return names
 
 
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    """A comma list of positive numbers, in the order given."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.ClickException(f"{option} {text}: give comma-separated numbers, e.g. 600,2400") from None
+    if not values or any(v <= 0 for v in values):
+        raise click.ClickException(f"{option} {text}: every value must be > 0")
+    return values
+
+
 @main.command()
 @click.option("--generators", default=None, help="Comma-separated generators; default: every registered one.")
 @click.option("--profile", "-p", type=click.Choice(PROFILES), default="quick", help="Settings of every cell.")
@@ -234,8 +245,12 @@ def _names(text: str | None, option: str, valid: tuple[str, ...]) -> tuple[str, 
               "default: $RAY_ADDRESS, else a local Ray instance.")
 @click.option("--budget", type=click.Choice(["steps", "seconds"]), default="steps",
               help="Equal budgets: the profile's train.steps for every generator, or --budget-seconds each.")
-@click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="--budget seconds: training seconds per generator (sets train.max_seconds in every cell).")
+@click.option("--budget-seconds", default=None,
+              help="--budget seconds: training seconds per generator (sets train.max_seconds in every cell); "
+              "several, comma-separated and increasing, make a nested budget dimension like --train-steps.")
+@click.option("--train-steps", default=None, help="A budget dimension: comma-separated increasing train.steps, "
+              "e.g. 600,2400,4800; the longer cell continues the shorter one's checkpoint (the curve costs the "
+              "longest budget) and each budget is scored as its own leaderboard row. Default: the profile's.")
 @click.option("--modes", default=None, help="Comma-separated usage modes every trained cell is scored under "
               "(replace, add, pretrain; arms of one evaluation, the first is the primary gain); default: the "
               "config's evaluators.dice_gain.modes.")
@@ -255,13 +270,13 @@ def _names(text: str | None, option: str, valid: tuple[str, ...]) -> tuple[str, 
 @click.option("--out", type=click.Path(file_okay=False), default="runs", help="Parent folder.")
 @plugins_option
 def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, jobs, executor, ray_address, budget,
-              budget_seconds, modes, seg_augment, plan_only, target_effect, from_path, config_files, overrides, name, out, plugins):
+              budget_seconds, train_steps, modes, seg_augment, plan_only, target_effect, from_path, config_files, overrides, name, out, plugins):
     """Rank generators by Dice gain over regimes x ratios x draws x seeds on one leaderboard.
 
     Each cell is a whole run under <out>/<name>/cells/; baselines are trained once per (regime, draw, U-Net seed)
     and shared; an interrupted benchmark continues where it stopped. Writes leaderboard.md/.csv/.json and plots/.
     """
-    from toolkit.benchmark import (
+    from toolkit.bench import (
         Plan,
         RayMissing,
         check_plan,
@@ -285,6 +300,18 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
                                    "generator gets")
     if budget == "steps" and budget_seconds is not None:
         raise click.ClickException("--budget-seconds needs --budget seconds")
+    if budget == "seconds" and train_steps is not None:
+        raise click.ClickException("--train-steps needs --budget steps (the default); with --budget seconds give "
+                                   "several --budget-seconds, e.g. 60,240")
+    seconds = _numbers(budget_seconds, "--budget-seconds") if budget_seconds is not None else ()
+    steps = _numbers(train_steps, "--train-steps") if train_steps is not None else ()
+    if steps and any(v != int(v) for v in steps):
+        raise click.ClickException(f"--train-steps {train_steps}: whole numbers of steps, e.g. 600,2400,4800")
+    budgets = steps or (seconds if len(seconds) > 1 else ())
+    if list(budgets) != sorted(set(budgets)):
+        raise click.ClickException(f"{'--train-steps' if steps else '--budget-seconds'} "
+                                   f"{train_steps or budget_seconds}: give increasing values (each budget "
+                                   "continues the one before)")
     _load_plugins(plugins)
     extra = [f"data.path={data}"] if data else []
     try:
@@ -298,7 +325,8 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
                                        "regimes, e.g. --train-patients 2,4")
         plan = Plan(generators=names, regimes=regimes, ratios=tuple(float(v) for v in ratios.split(",")),
                     draws=draws, seeds=seeds, profile=profile, config_files=tuple(config_files),
-                    overrides=(*overrides, *extra), budget=budget, budget_seconds=budget_seconds,
+                    overrides=(*overrides, *extra), budget=budget,
+                    budget_seconds=seconds[0] if len(seconds) == 1 else None, budgets=budgets,
                     modes=_names(modes, "--modes", ("replace", "add", "pretrain")),
                     seg_augment=_names(seg_augment, "--seg-augment", ("none", "standard", "strong")))
         if plan_only:

@@ -29,7 +29,7 @@ setup(
     # toolkit/ as data, so a wheel or `pip install .` finds its defaults where a checkout does.
     packages=[*find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]), "configs"],
     py_modules=["cli"],
-    package_data={"toolkit": ["templates/*.tmpl", "benchmark_variance_defaults.json"],
+    package_data={"toolkit": ["templates/*.tmpl", "bench/variance_defaults.json"],
                   "configs": ["*.yaml", "profiles/*.yaml", "generators/*.yaml"]},
     install_requires=[
         # The pair that installs on the project's CPU machines without a multi-GB download.

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from toolkit.leaderboard_bench import BASELINE, hierarchical_bootstrap
+from toolkit.bench.leaderboard import BASELINE, hierarchical_bootstrap
 
 ARGS = ["benchmark", "--profile", "smoke", "--generators", "toy,deformed_real", "--train-patients", "2",
         "--draws", "2", "--seeds", "1", "--jobs", "1", "--set", "run.evaluators=[dice_gain]",
@@ -69,13 +69,15 @@ def test_leaderboard_shows_budgets_throughput_and_quality_columns(bench):
 
 
 def test_executor_ray_without_ray_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
-    import toolkit.benchmark as benchmark
+    import toolkit.bench as benchmark
+    import toolkit.bench.executors as executors
 
     monkeypatch.setattr(benchmark, "ray_installed", lambda: False)
     result = CliRunner().invoke(main, [*ARGS, "--executor", "ray", "--out", str(tmp_path), "--name", "r"])
     assert result.exit_code != 0 and 'pip install -e ".[ray]"' in result.output
     assert not (tmp_path / "r").exists()
     with pytest.raises(benchmark.RayMissing, match=r"pip install -e \"\.\[ray\]\""):
+        monkeypatch.setattr(executors, "ray_installed", lambda: False)
         benchmark.make_executor("ray")
 
 
@@ -218,8 +220,8 @@ def test_draws_that_would_repeat_the_whole_data_pool_are_refused_before_any_work
 
 
 def test_plan_counts_the_unets_of_every_mode_and_augmentation_level(bench, monkeypatch):
-    import toolkit.benchmark as benchmark
-    from toolkit.benchmark import Plan, estimate_plan
+    import toolkit.bench.design as benchmark
+    from toolkit.bench import Plan, estimate_plan
 
     monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
     monkeypatch.setattr(benchmark, "measure_unet_seconds", lambda *a: 10.0)  # fixed times: the arithmetic alone
@@ -238,3 +240,23 @@ def test_plan_counts_the_unets_of_every_mode_and_augmentation_level(bench, monke
     assert one == pytest.approx(2 * 10 * 2)
     # replace 1 + pretrain 1 + add 2 (a real and a synthetic batch) + add_real 2, then the baseline, per level:
     assert wall(("add", "replace", "pretrain"), ("standard", "none"), control=True) == pytest.approx(2 * 2 * 10 * 7)
+
+
+def test_plan_counts_nested_budgets_as_one_training_to_the_longest(bench, monkeypatch):
+    import toolkit.bench.design as design
+    from toolkit.bench import Plan, estimate_plan
+
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    monkeypatch.setattr(design, "measure_unet_seconds", lambda *a: 10.0)
+    monkeypatch.setattr(design, "measure_step_seconds", lambda *a: (1.0, 0.0))  # 1 s per generator step
+    overrides = ("run.evaluators=[dice_gain]", "evaluators.dice_gain.tstr=false", "evaluators.dice_gain.seeds=2",
+                 "evaluators.dice_gain.modes=[replace]", "data.phantom_patients=10", "split.train_pool=4",
+                 "split.test_patients=rest")
+
+    def this_plan(budgets):
+        plan = Plan(("deformed_real",), (2,), (1.0,), 1, 1, "smoke", overrides=overrides, budgets=budgets)
+        return next(r for r in estimate_plan(plan, jobs=1)["rows"] if r["this_plan"])
+
+    row = this_plan((4.0, 8.0, 16.0))
+    # 16 training steps (not 4 + 8 + 16), 3 scorings of 2 seeds x 10 s, and the baselines (2 x 10 s).
+    assert row["wall_seconds"] == pytest.approx(16 + 3 * 2 * 10 + 2 * 10) and row["cells"] == 3

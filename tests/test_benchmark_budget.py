@@ -7,7 +7,7 @@ import torch
 
 import toolkit.train.loop as loop
 from tests.conftest import make_slices
-from toolkit.benchmark import Cell, Plan, budget_settings, cell_config
+from toolkit.bench.plan import Cell, Plan, budget_settings, cell_config
 from toolkit.config import ConfigError, resolve
 from toolkit.registry import GENERATORS
 from toolkit.settings import TrainSettings

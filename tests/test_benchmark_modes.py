@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from test_benchmark import ARGS
 
 from cli import main
-from toolkit.leaderboard_bench import BASELINE
+from toolkit.bench.leaderboard import BASELINE
 
 
 @pytest.fixture(scope="module")

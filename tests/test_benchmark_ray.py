@@ -9,8 +9,9 @@ import json
 import pytest
 
 from tests.conftest import TOY_PLUGINS
-from toolkit.benchmark import Plan, make_executor, ray_runtime_env, run_benchmark
-from toolkit.leaderboard_bench import BASELINE
+from toolkit.bench import Plan, make_executor, run_benchmark
+from toolkit.bench.executors import ray_runtime_env
+from toolkit.bench.leaderboard import BASELINE
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

@@ -177,7 +177,7 @@ def test_a_damaged_benchmark_plan_is_named_before_any_work(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("how", ["half", "garbage", "a row short"])
 def test_a_damaged_per_patient_csv_is_named_with_the_rescore_command(tmp_path, how):
-    from toolkit.leaderboard_bench import per_patient_diffs
+    from toolkit.bench.leaderboard import per_patient_diffs
 
     cell = tmp_path / "cells" / "toy-n2-r1-d0-s0"
     (cell / "dice_gain").mkdir(parents=True)

@@ -137,10 +137,11 @@ def nested_components(diff: np.ndarray) -> dict[str, float]:
 
 
 def group_diffs(bench: Path, cells: list) -> dict[tuple, np.ndarray]:
-    """(generator, regime, ratio) -> the [draws, gen seeds, U-Net seeds, patients] differences of its finished cells."""
+    """(generator, regime, ratio, level, budget) -> the [draws, gen seeds, U-Net seeds, patients] differences of
+    its finished cells (primary mode)."""
     groups: dict[tuple, list] = defaultdict(list)
     for cell in cells:
-        groups[(cell.generator, cell.n_train, cell.ratio)].append(cell)
+        groups[(cell.generator, cell.n_train, cell.ratio, cell.augment, cell.budget)].append(cell)
     out = {}
     for key, members in groups.items():
         by_cell = {(c.draw, c.seed): per_patient_diffs(bench / "cells" / c.name)[1] for c in members}
@@ -164,17 +165,17 @@ def _mean(values: list[float | None]) -> float:
 
 
 def aggregate(bench: Path, cells: list) -> list[dict[str, Any]]:
-    """One leaderboard row per (generator, regime, ratio, augmentation level, usage mode), ranked by mean
-    gain within each (regime, ratio, level, mode)."""
+    """One leaderboard row per (generator, regime, ratio, augmentation level, usage mode, generator budget),
+    ranked by mean gain within each (regime, ratio, level, mode, budget)."""
     groups: dict[tuple, list] = defaultdict(list)
     for cell in cells:
-        groups[(cell.generator, cell.n_train, cell.ratio, getattr(cell, "augment", ""))].append(cell)
+        groups[(cell.generator, cell.n_train, cell.ratio, cell.augment, cell.budget)].append(cell)
     rows = []
-    for (generator, n_train, ratio, augment), members in groups.items():
+    for (generator, n_train, ratio, augment, budget), members in groups.items():
         modes = cell_modes(bench / "cells" / members[0].name)
         for mode in modes:
             rows.append({**_group_row(bench, generator, n_train, ratio, augment, mode, members),
-                         "primary_mode": mode == modes[0]})
+                         "budget": float(budget), "primary_mode": mode == modes[0]})
     # The real-only baseline of each (regime, ratio, level, mode), as the row every gain is measured from.
     for key in sorted({(r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"]) for r in rows}):
         same = [r for r in rows if (r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"]) == key]
@@ -185,9 +186,10 @@ def aggregate(bench: Path, cells: list) -> list[dict[str, Any]]:
                     dice_baseline=_mean([r["dice_baseline"] for r in same]), draws=same[0]["draws"],
                     seeds=same[0]["seeds"], unet_seeds=same[0]["unet_seeds"], test_patients=same[0]["test_patients"],
                     train_seconds=0.0, train_steps=None, train_steps_done=float("nan"), train_max_seconds=None,
-                    config_hash="", split_fingerprint=same[0]["split_fingerprint"], primary_mode=True)
+                    config_hash="", split_fingerprint=same[0]["split_fingerprint"], budget=0.0, primary_mode=True)
         rows.append(base)
-    rows.sort(key=lambda r: (r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"], -r["dice_gain"]))
+    rows.sort(key=lambda r: (r["n_train_patients"], r["ratio"], r["seg_augment"], r["mode"], r["budget"],
+                             -r["dice_gain"]))
     return rows
 
 
@@ -249,12 +251,15 @@ def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "p_wilcoxon", "dice_augmented", "dice_tstr", "label_fidelity", "fd_seg", "kid_seg", "precision_seg",
             "recall_seg", "coverage_seg", "msssim_gap", "memorized_fraction", "baseline_converged"]
     timing = ["train_seconds", "train_steps_done", "samples_per_second"]
-    header = [*cols, "train s", "steps done", "samples/s"]
+    budgets = any(r.get("budget") for r in rows)  # a budget dimension: one row per generator budget
+    header = [*cols[:5], *(["budget"] if budgets else []), *cols[5:], "train s", "steps done", "samples/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         mark = " (CI includes 0)" if r["ci_includes_0"] and r["generator"] != BASELINE else ""
         cells = [r["generator"], str(r["n_train_patients"]), f"{r['ratio']:g}", str(r.get("seg_augment", "")),
-                 str(r.get("mode", "")), f"{r['dice_gain']:+.3f}{mark}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
+                 str(r.get("mode", ""))]
+        cells += [f"{r['budget']:g}" if r.get("budget") else "-"] if budgets else []
+        cells += [f"{r['dice_gain']:+.3f}{mark}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
         cells += [f"{r[c]:.3f}" if isinstance(r.get(c), float) and np.isfinite(r[c]) else "-" for c in cols[7:]]
         cells += [f"{r[c]:.0f}" if isinstance(r[c], (int, float)) and np.isfinite(r[c]) and r["generator"] != BASELINE
                   else "-" for c in timing]
@@ -271,6 +276,18 @@ def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"git {meta['git_commit']}.\n\n" + "\n".join(lines) + "\n")
 
 
+def budget_text(plan, train_steps: int | None) -> str:
+    """How long every generator trained, in words, for the leaderboard's header."""
+    budgets = getattr(plan, "budgets", ())
+    unit = "s (train.max_seconds)" if plan.budget == "seconds" else "steps"
+    if budgets:
+        return (f"every generator trained to each of {', '.join(f'{b:g}' for b in budgets)} {unit}, nested (a "
+                "longer budget continues the shorter one's checkpoint)")
+    if plan.budget == "seconds":
+        return f"every generator trained {getattr(plan, 'budget_seconds', 0) or 0:g} {unit}"
+    return f"every generator trained {train_steps} steps"
+
+
 def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0) -> list[dict[str, Any]]:
     """leaderboard.md / .csv / .json, the plots (PNG in plots/, the same figures in TensorBoard) in the folder."""
     rows = aggregate(bench, cells)
@@ -279,8 +296,7 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
     train_steps = models[0]["train_steps"] if models else None
     meta = {"cells": len(cells), "draws": plan.draws, "seeds": plan.seeds, "train_steps": train_steps,
             "budget": budget, "budget_seconds": getattr(plan, "budget_seconds", None),
-            "budget_text": f"every generator trained {getattr(plan, 'budget_seconds', 0) or 0:g} s (train.max_seconds)"
-            if budget == "seconds" else f"every generator trained {train_steps} steps",
+            "budget_text": budget_text(plan, train_steps),
             "baselines_trained": baselines_trained,
             "baseline_dice": {n: _mean([r["dice_baseline"] for r in rows if r["n_train_patients"] == n])
                               for n in plan.regimes},
@@ -294,6 +310,37 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
     writer.writerows(rows)
     atomic_write(bench / "leaderboard.csv", table.getvalue())
     return rows
+
+
+#: What ``gain_vs_budget`` and its companions draw against the generator's budget: column -> (file stem, y label).
+BUDGET_CURVES = {"dice_gain": ("gain_vs_budget", "Dice gain (95% CI)"),
+                 "label_fidelity": ("label_fidelity_vs_budget", "label fidelity (Dice)"),
+                 "fd_seg": ("fd_seg_vs_budget", "fd_seg (lower: closer to real)")}
+
+
+def budget_figures(rows: list[dict[str, Any]], plan) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Per (regime, ratio): gain with its CI, label fidelity and fd_seg against the generator budget, one line
+    per generator (the rows of each generator's primary mode at the first augmentation level)."""
+    from toolkit.seg.report import line_plot
+
+    unit = "training seconds" if plan.budget == "seconds" else "generator steps"
+    figures = {}
+    for regime in plan.regimes:
+        for ratio in plan.ratios:
+            subset = [r for r in rows if r["n_train_patients"] == regime and r["ratio"] == ratio and r.get("budget")]
+            for column, (stem, y_label) in BUDGET_CURVES.items():
+                series: dict[str, list] = defaultdict(list)
+                for r in subset:
+                    value = r.get(column)
+                    if isinstance(value, (int, float)) and np.isfinite(value):
+                        low, high = (r["ci_low"], r["ci_high"]) if column == "dice_gain" else (value, value)
+                        series[r["generator"]].append((float(r["budget"]), float(value), low, high))
+                if series:
+                    figures[f"{stem}_n{regime}_r{ratio:g}.png"] = (
+                        line_plot(dict(series), f"{y_label} vs {unit}, {regime} patients, ratio {ratio:g}", unit,
+                                  y_label),
+                        {"kind": stem, "n_train_patients": regime, "ratio": ratio, "series": sorted(series)})
+    return figures
 
 
 def write_plots(bench: Path, rows: list[dict[str, Any]], plan) -> dict[str, dict[str, Any]]:
@@ -323,9 +370,13 @@ def write_plots(bench: Path, rows: list[dict[str, Any]], plan) -> dict[str, dict
                                           f"ratio {ratio:g}"),
                         {"kind": "gain_by_mode", "n_train_patients": regime, "ratio": ratio,
                          "arms": [list(a) for a in arms]})
-    # The other figures: each generator's primary mode at the first augmentation level.
+    # The other figures: each generator's primary mode at the first augmentation level (and its longest budget).
     first_level = plan.seg_augment[0] if getattr(plan, "seg_augment", ()) else None
-    models = [r for r in every if r.get("primary_mode", True) and first_level in (None, r.get("seg_augment"))]
+    primary = [r for r in every if r.get("primary_mode", True) and first_level in (None, r.get("seg_augment"))]
+    longest = max((r.get("budget", 0) for r in primary), default=0)
+    models = [r for r in primary if r.get("budget", 0) == longest]
+    if len(getattr(plan, "budgets", ())) > 1:
+        figures.update(budget_figures(primary, plan))
     for regime in plan.regimes:
         for ratio in plan.ratios:
             subset = [r for r in models if r["n_train_patients"] == regime and r["ratio"] == ratio]

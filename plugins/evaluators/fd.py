@@ -5,7 +5,9 @@ at the few hundred slices a small data set gives, where the Fréchet distance
 is biased upward and its covariance is singular below the feature dimension.
 The Fréchet distance is reported too, with a bootstrap interval and its N.
 Metric names carry the feature space (``kid_seg``, ``fd_random``); only
-Inception features give ``fid_inception``.
+Inception features give ``fid_inception``. The ``radiomic`` space is
+compared after frd-score's normalisation against the real set, and adds
+``frd_radiomic``, the Fréchet Radiomic Distance (the log of ``fd_radiomic``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from toolkit.metrics.extractors import build_extractor
 from toolkit.metrics.features import metric_prefix, real_features, synthetic_features, write_record
 from toolkit.metrics.frechet import bootstrap_frechet, frechet_distance_features
 from toolkit.metrics.kid import kernel_inception_distance
+from toolkit.metrics.radiomics import frd_from_fd, radiomic_pair
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
 
@@ -32,7 +35,7 @@ class FrechetKID(Evaluator):
 
     def __init__(
         self,
-        features: Literal["seg", "random", "inception"] = "seg",  # feature space; named in every metric
+        features: Literal["seg", "random", "inception", "radiomic"] = "seg",  # feature space; named in every metric
         reference: Literal["train", "val", "test"] = "train",  # real split compared against
         max_samples: int = 1000,  # slices per set (seeded subsample); keep equal across generators
         bootstrap: int = 20,  # FD bootstrap rounds for the 95% interval; 0 to skip
@@ -58,11 +61,16 @@ class FrechetKID(Evaluator):
         self.metrics = (fd, f"{fd}_ci_low", f"{fd}_ci_high", f"{fd}_n_real", f"{fd}_n_synthetic",
                         kid, f"{kid}_std", f"{kid}_subset_size")
         self.primary = kid
+        if features == "radiomic":
+            self.metrics += ("frd_radiomic",)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
-        real = real_features(ctx, self.reference, extractor, self.max_samples)
-        fake = synthetic_features(ctx, extractor, self.max_samples)
+        if self.features == "radiomic":  # needs masks, and frd-score's normalisation against the real set
+            real, fake = radiomic_pair(ctx, extractor, self.reference, self.max_samples)
+        else:
+            real = real_features(ctx, self.reference, extractor, self.max_samples)
+            fake = synthetic_features(ctx, extractor, self.max_samples)
         fd, kid = metric_prefix("fd", self.features), metric_prefix("kid", self.features)
         low, high = bootstrap_frechet(real, fake, self.bootstrap, seed=ctx.seed)
         kid_mean, kid_std, subset = kernel_inception_distance(
@@ -77,6 +85,8 @@ class FrechetKID(Evaluator):
             f"{kid}_std": kid_std,
             f"{kid}_subset_size": float(subset),
         }
+        if self.features == "radiomic":
+            result["frd_radiomic"] = frd_from_fd(result[fd])
         write_record(ctx, f"fd_{self.features}", {
             "features": self.features, "feature_fingerprint": extractor.fingerprint,
             "feature_dim": int(real.shape[1]), "reference_split": self.reference,

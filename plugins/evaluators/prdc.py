@@ -2,7 +2,9 @@
 
 Coverage is the primary metric: it rewards synthetic slices that land near
 many different real slices (fidelity and variety at once) and, unlike
-recall, is not inflated by synthetic outliers.
+recall, is not inflated by synthetic outliers. In the ``radiomic`` space the
+features are z-scored against the real set first (frd-score's
+normalisation), so no feature's units dominate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Literal
 from toolkit.metrics.extractors import build_extractor
 from toolkit.metrics.features import real_features, synthetic_features, write_record
 from toolkit.metrics.prdc import prdc
+from toolkit.metrics.radiomics import radiomic_pair
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
 
@@ -28,7 +31,7 @@ class PRDC(Evaluator):
 
     def __init__(
         self,
-        features: Literal["seg", "random", "inception"] = "seg",  # feature space; named in every metric
+        features: Literal["seg", "random", "inception", "radiomic"] = "seg",  # feature space; named in every metric
         reference: Literal["train", "val", "test"] = "train",  # real split compared against
         k: int = 5,  # neighbours defining each sample's ball (Naeem et al. use 5)
         max_samples: int = 1000,  # slices per set (seeded subsample); keep equal across generators
@@ -50,8 +53,11 @@ class PRDC(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
-        real = real_features(ctx, self.reference, extractor, self.max_samples)
-        fake = synthetic_features(ctx, extractor, self.max_samples)
+        if self.features == "radiomic":  # needs masks, and frd-score's normalisation against the real set
+            real, fake = radiomic_pair(ctx, extractor, self.reference, self.max_samples)
+        else:
+            real = real_features(ctx, self.reference, extractor, self.max_samples)
+            fake = synthetic_features(ctx, extractor, self.max_samples)
         scores = prdc(real, fake, self.k)
         f = self.features
         result = {f"{name}_{f}": value for name, value in scores.items()}

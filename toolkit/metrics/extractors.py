@@ -1,4 +1,4 @@
-"""Feature spaces for the distribution metrics: seg, random and inception.
+"""Feature spaces for the distribution metrics: seg, random, inception and radiomic.
 
 Every extractor maps grey slices [N, H, W] in [-1, 1] to float64 features
 [N, D] and has a ``fingerprint`` that changes whenever its features would,
@@ -13,6 +13,10 @@ so cached real-set features are never reused across different networks.
   CI and sanity reference. Its weights come from NumPy's PCG64 uniform
   stream, so they are identical on every machine and torch version.
 - ``inception``: the standard FID network (see ``toolkit.metrics.inception``).
+- ``radiomic``: pyradiomics features of each slice and its gland region, the
+  Fréchet Radiomic Distance's space (see ``toolkit.metrics.radiomics``; the
+  ``[frd]`` extra). It needs masks, so evaluators extract it through
+  ``radiomics.radiomic_pair``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from torch import nn
 from toolkit.metrics.inception import build_fid_inception, find_weights
 
 if TYPE_CHECKING:
+    from toolkit.metrics.radiomics import RadiomicExtractor
     from toolkit.plugin import EvalContext
 
-FEATURE_SPACES = ("seg", "random", "inception")
+FEATURE_SPACES = ("seg", "random", "inception", "radiomic")
 
 
 def module_fingerprint(module: nn.Module) -> str:
@@ -142,11 +147,11 @@ def inception_extractor(weights: str | None = None, device: torch.device | str =
 
 
 def build_extractor(features: str, ctx: EvalContext, seed: int = 0,
-                    inception_weights: str | None = None) -> FeatureExtractor:
+                    inception_weights: str | None = None) -> FeatureExtractor | RadiomicExtractor:
     """The extractor for a feature space, built once per evaluation (``ctx.memo``) for all evaluators.
 
     Args:
-        features: "seg", "random" or "inception".
+        features: "seg", "random", "inception" or "radiomic".
         ctx: the evaluation context (device, memo, baseline U-Nets).
         seed: the random CNN's seed (ignored by the other spaces).
         inception_weights: a path to the Inception weights, or None for the torch hub cache.
@@ -157,7 +162,11 @@ def build_extractor(features: str, ctx: EvalContext, seed: int = 0,
     key += f":seed={seed}" if features == "random" else ""
     key += f":weights={inception_weights}" if features == "inception" else ""
 
-    def build() -> FeatureExtractor:
+    def build() -> FeatureExtractor | RadiomicExtractor:
+        if features == "radiomic":
+            from toolkit.metrics.radiomics import RadiomicExtractor  # imports the optional pyradiomics
+
+            return RadiomicExtractor()
         if features == "random":
             return random_extractor(seed, ctx.device)
         if features == "seg":

@@ -1,0 +1,118 @@
+"""Metric validity: rank correlation of quality metrics with the Dice gain, on constructed cells."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from toolkit.validity import (
+    Cell,
+    collect_cells,
+    format_markdown,
+    log_tensorboard,
+    metric_validity,
+    rank_correlation,
+    write_plots,
+    write_validity,
+)
+
+
+def monotone_cells(n: int = 12, generators: int = 6) -> list[Cell]:
+    """Gains 0..n-1 with fd = 2 * gain + 1 (rises with the gain) and kid = -gain (falls with it)."""
+    return [Cell(f"c{i}", f"g{i % generators}", float(i), {"fd_seg": 2.0 * i + 1, "kid_seg": -float(i)})
+            for i in range(n)]
+
+
+def test_monotone_relation_gives_tau_and_rho_one():
+    rows = {r["metric"]: r for r in metric_validity(monotone_cells(), samples=200)}
+    fd, kid = rows["fd_seg"], rows["kid_seg"]
+    assert fd["kendall_tau"] == pytest.approx(1.0) and fd["spearman_rho"] == pytest.approx(1.0)
+    assert fd["kendall_ci_low"] == pytest.approx(1.0) and fd["kendall_ci_high"] == pytest.approx(1.0)
+    assert kid["kendall_tau"] == pytest.approx(-1.0) and kid["spearman_rho"] == pytest.approx(-1.0)
+    # Over generators (6 means, still monotone): tau 1 as well.
+    assert fd["generators"] == 6 and fd["gen_kendall_tau"] == pytest.approx(1.0)
+    assert fd["cells"] == 12 and fd["gen_note"] == ""
+
+
+def test_shuffled_metric_has_a_ci_containing_zero_and_is_reproducible():
+    rng = np.random.default_rng(3)
+    gains = rng.normal(size=40)
+    shuffled = rng.permutation(gains)  # the metric: the gains in a random order, so unrelated to them
+    cells = [Cell(f"c{i}", f"g{i % 5}", float(g), {"coverage_seg": float(v)})
+             for i, (g, v) in enumerate(zip(gains, shuffled))]
+    row = metric_validity(cells, samples=500, seed=1)[0]
+    assert row["kendall_ci_low"] < 0 < row["kendall_ci_high"]
+    assert row["spearman_ci_low"] < 0 < row["spearman_ci_high"]
+    again = metric_validity(cells, samples=500, seed=1)[0]
+    assert again == row
+
+
+def test_fewer_than_four_generators_is_na():
+    row = metric_validity(monotone_cells(9, generators=3), samples=50)[0]
+    assert math.isnan(row["gen_kendall_tau"]) and row["gen_note"] == "n/a: 3 generators"
+    assert "n/a: 3 generators" in format_markdown([row])
+
+
+def test_rank_correlation_needs_three_pairs():
+    out = rank_correlation([1.0, 2.0], [1.0, 3.0])
+    assert math.isnan(out["kendall_tau"]) and out["n"] == 2
+    with pytest.raises(ValueError):
+        rank_correlation([1.0, 2.0, 3.0], [1.0])
+
+
+def write_run(folder, generator: str, gain: float, fd: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"run:\n  generator: {generator}\n")
+    results = {"settings": {"seg": {"augment": "standard"}}, "evaluation": {
+        "dice_gain": {"values": {"dice_gain": gain, "dice_gain_ci_low": gain - 1, "dice_gain_replace": -gain,
+                                 "label_fidelity_dice": 0.5 + gain, "dice_tstr": None, "n_train_patients": 4.0}},
+        "fd": {"values": {"fd_seg": fd, "fd_seg_ci_low": 0.0, "fd_seg_n_real": 10.0, "kid_seg": fd / 10}}}}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_collect_cells_from_a_benchmark_and_a_run(tmp_path):
+    for i in range(4):
+        write_run(tmp_path / "bench" / "cells" / f"vae-n4-r1-d{i}-s0", "vae" if i % 2 else "ddpm", 0.01 * i, 10.0 - i)
+    (tmp_path / "bench" / "cells" / "unscored").mkdir()  # no results.json: left out
+    write_run(tmp_path / "single", "pix2pix", 0.5, 1.0)
+    cells = collect_cells([tmp_path / "bench", tmp_path / "single"])
+    assert len(cells) == 5
+    first = cells[0]
+    assert first.generator == "ddpm" and first.factors["source"] == "bench" and first.factors["n_train_patients"] == 4
+    assert set(first.metrics) == {"fd_seg", "kid_seg", "label_fidelity_dice"}  # no CIs, Ns, or null values
+    assert [c.gain for c in collect_cells([tmp_path / "single"], mode="replace")] == [-0.5]
+    with pytest.raises(FileNotFoundError, match="neither"):
+        collect_cells([tmp_path / "nothing"])
+
+
+def test_written_table_plots_and_tensorboard(tmp_path):
+    cells = monotone_cells()
+    rows = metric_validity(cells, samples=50)
+    paths = write_validity(tmp_path, rows, cells)
+    assert [p.name for p in paths] == ["validity.md", "validity.csv", "validity.json", "validity_cells.csv"]
+    payload = json.loads((tmp_path / "validity.json").read_text())  # strict JSON: NaN would not parse as null
+    assert {r["metric"] for r in payload["rows"]} == {"fd_seg", "kid_seg"} and len(payload["cells"]) == 12
+    assert "| fd_seg | 12 | +1.00 [+1.00, +1.00] *" in (tmp_path / "validity.md").read_text()
+    pngs = write_plots(tmp_path, rows, cells)
+    assert sorted(p.name for p in pngs) == ["fd_seg.png", "kid_seg.png"] and all(p.stat().st_size for p in pngs)
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, step):
+            self.calls.append(("scalar", tag, value))
+
+        def add_image(self, tag, image, step, dataformats):
+            self.calls.append(("image", tag, image.shape))
+
+        def add_text(self, tag, text, step):
+            self.calls.append(("text", tag, text))
+
+    writer = Recorder()
+    log_tensorboard(writer, rows, cells)
+    assert ("scalar", "validity/fd_seg/kendall_tau", pytest.approx(1.0)) in writer.calls
+    assert any(c[0] == "image" and c[1] == "validity/kid_seg" for c in writer.calls)

@@ -1,0 +1,304 @@
+"""Metric validity: which cheap quality metric predicts a cell's Dice gain?
+
+Dice gain is the expensive truth (many U-Nets per cell); FD, KID,
+precision / recall / coverage, label fidelity, TSTR and memorisation are
+cheap. For each metric, over cells (one generator training, at any budget,
+usage mode or augmentation level), this module measures the rank agreement
+with the gain: Kendall's tau and Spearman's rho, each with a percentile
+bootstrap CI over cells (seeded, so reproducible), and the same over
+generators (one row per generator: the mean over its cells) where there are
+at least :data:`MIN_GENERATORS`. The sign is the raw correlation: a
+lower-is-better metric that predicts the gain has a negative tau.
+
+Cells come from run folders (:func:`collect_cells`): a benchmark folder
+(``cells/*/results.json``) or a single run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.io import atomic_write, read_json
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+MIN_GENERATORS = 4
+# Quality metrics read from every evaluator's values (shell patterns); their CIs, Ns and stds are not metrics.
+METRIC_PATTERNS = ("label_fidelity_dice", "label_fidelity_slice_dice", "dice_tstr", "tstr_gap", "fid_inception",
+                   "fd_*", "kid_*", "frd_*", "precision_*", "recall_*", "density_*", "coverage_*", "msssim_gap",
+                   "msssim_abs_gap", "memorized_fraction_*", "near_train_fraction_*", "nn_dist_ratio_*")
+NOT_METRICS = ("*_ci_low", "*_ci_high", "*_n_real", "*_n_synthetic", "*_std", "*_subset_size")
+
+
+@dataclass
+class Cell:
+    """One scored generator training: its quality metrics and Dice gain.
+
+    Attributes:
+        name: the cell's (run folder's) name.
+        generator: the generator's registered name.
+        gain: the Dice gain (the primary usage mode's unless a mode was asked for).
+        metrics: metric name -> value (finite values only).
+        factors: what else tells cells apart (regime, mode, augmentation level, source folder).
+    """
+
+    name: str
+    generator: str
+    gain: float
+    metrics: dict[str, float]
+    factors: dict[str, Any] = field(default_factory=dict)
+
+
+def is_metric(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in METRIC_PATTERNS) and \
+        not any(fnmatch.fnmatch(name, p) for p in NOT_METRICS)
+
+
+def _generator_name(run_dir: Path, results: dict[str, Any]) -> str:
+    """The generator of a run: ``run.generator`` in its resolved config.yaml."""
+    import yaml
+
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        config = yaml.safe_load(config_path.read_text()) or {}
+        name = (config.get("run") or {}).get("generator")
+        if name:
+            return str(name)
+    return str(results.get("settings", {}).get("generator", run_dir.name.split("-")[0]))
+
+
+def read_cell(run_dir: str | Path, mode: str | None = None) -> Cell | None:
+    """The cell of one finished run folder, or None where it has no Dice gain (not scored by dice_gain).
+
+    Args:
+        run_dir: a run folder holding results.json (a benchmark cell or a ``cli.py run`` folder).
+        mode: the usage mode whose gain is taken (``dice_gain_<mode>``); None: the primary one (``dice_gain``).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    results = read_json(path, f"Score it again: python cli.py evaluate --run {run_dir}")
+    evaluation = results.get("evaluation", {})
+    gains = evaluation.get("dice_gain", {}).get("values", {})
+    gain = gains.get("dice_gain" if mode is None else f"dice_gain_{mode}")
+    if not isinstance(gain, (int, float)) or not math.isfinite(gain):
+        return None
+    metrics = {}
+    for evaluator in evaluation.values():
+        for name, value in evaluator.get("values", {}).items():
+            if is_metric(name) and isinstance(value, (int, float)) and math.isfinite(value):
+                metrics[name] = float(value)
+    factors = {"n_train_patients": gains.get("n_train_patients"), "ratio": gains.get("ratio"),
+               "seg_augment": results.get("settings", {}).get("seg", {}).get("augment"),
+               "mode": mode or "primary", "source": run_dir.parent.parent.name if run_dir.parent.name == "cells"
+               else run_dir.parent.name}
+    return Cell(run_dir.name, _generator_name(run_dir, results), float(gain), metrics, factors)
+
+
+def collect_cells(folders: Iterable[str | Path], mode: str | None = None) -> list[Cell]:
+    """Every scored cell in benchmark folders (their ``cells/*``) and single run folders, sorted by name.
+
+    Raises:
+        FileNotFoundError: a folder is neither a benchmark folder nor a run folder.
+    """
+    cells = []
+    for folder in folders:
+        folder = Path(folder)
+        if (folder / "cells").is_dir():
+            runs = sorted(p for p in (folder / "cells").iterdir() if p.is_dir())
+        elif (folder / "results.json").is_file():
+            runs = [folder]
+        else:
+            raise FileNotFoundError(f"{folder} is neither a benchmark folder (with cells/) nor a run folder "
+                                    "(with results.json)")
+        cells += [c for c in (read_cell(r, mode) for r in runs) if c is not None]
+    return sorted(cells, key=lambda c: (c.factors.get("source", ""), c.name))
+
+
+def _rank_stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(Kendall tau-b, Spearman rho); NaN where either side is constant."""
+    from scipy import stats
+
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    return float(stats.kendalltau(x, y).statistic), float(stats.spearmanr(x, y).statistic)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float], samples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Kendall tau and Spearman rho of x vs y, with percentile bootstrap CIs over the pairs.
+
+    Resamples pairs with replacement (``samples`` times, ``numpy`` PCG64 seeded
+    by ``seed``); resamples where a side is constant give no value and are
+    left out. Returns keys n, kendall_tau, kendall_ci_low/high, spearman_rho,
+    spearman_ci_low/high (NaN below 3 pairs).
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"rank_correlation needs two equal-length 1-d sequences, got {x.shape} and {y.shape}")
+    out = {"n": float(len(x)), "kendall_tau": float("nan"), "kendall_ci_low": float("nan"),
+           "kendall_ci_high": float("nan"), "spearman_rho": float("nan"), "spearman_ci_low": float("nan"),
+           "spearman_ci_high": float("nan")}
+    if len(x) < 3:
+        return out
+    out["kendall_tau"], out["spearman_rho"] = _rank_stats(x, y)
+    rng = np.random.default_rng(seed)
+    boot = np.array([_rank_stats(x[rows], y[rows]) for rows in rng.integers(0, len(x), (samples, len(x)))])
+    alpha = (1 - level) / 2
+    for column, name in ((0, "kendall"), (1, "spearman")):
+        finite = boot[np.isfinite(boot[:, column]), column]
+        if len(finite):
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (float(v) for v in np.quantile(finite, [alpha, 1 - alpha]))
+    return out
+
+
+def generator_means(cells: Sequence[Cell], metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per generator (sorted), the mean of ``metric`` and of the gain over its cells that have the metric."""
+    groups: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        if metric in cell.metrics:
+            groups[cell.generator].append(cell)
+    names = sorted(groups)
+    return (names, np.array([np.mean([c.metrics[metric] for c in groups[g]]) for g in names]),
+            np.array([np.mean([c.gain for c in groups[g]]) for g in names]))
+
+
+def metric_validity(cells: Sequence[Cell], metrics: Sequence[str] | None = None, samples: int = 2000,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """One row per metric: rank correlation with the gain over cells, and over generators (>= 4 of them).
+
+    Args:
+        cells: the scored cells (:func:`collect_cells`).
+        metrics: the metrics to rate; None: every metric some cell has.
+        samples, seed: the bootstrap's resamples and seed.
+
+    Returns:
+        Rows with metric, cells, generators, the over-cells keys of
+        :func:`rank_correlation` and the same prefixed ``gen_`` (NaN with
+        ``gen_note`` "n/a: k generators" below :data:`MIN_GENERATORS`),
+        sorted by |Kendall tau| over cells, largest first.
+    """
+    names = sorted({m for c in cells for m in c.metrics}) if metrics is None else list(metrics)
+    rows = []
+    for metric in names:
+        having = [c for c in cells if metric in c.metrics]
+        row: dict[str, Any] = {"metric": metric, "cells": len(having)}
+        row.update(rank_correlation([c.metrics[metric] for c in having], [c.gain for c in having], samples, seed))
+        del row["n"]
+        generators, values, gains = generator_means(having, metric)
+        row["generators"] = len(generators)
+        per_gen = rank_correlation(values, gains, samples, seed)
+        del per_gen["n"]
+        enough = len(generators) >= MIN_GENERATORS
+        row.update({f"gen_{k}": (v if enough else float("nan")) for k, v in per_gen.items()})
+        row["gen_note"] = "" if enough else f"n/a: {len(generators)} generators"
+        rows.append(row)
+    rows.sort(key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else 1.0)
+    return rows
+
+
+def _statistic(row: dict[str, Any], prefix: str, stat: str, name: str) -> str:
+    """'+0.42 [+0.10, +0.70]' (a CI excluding 0 marked *), or the reason there is no value."""
+    value, low, high = row[f"{prefix}{stat}"], row[f"{prefix}{name}_ci_low"], row[f"{prefix}{name}_ci_high"]
+    if not math.isfinite(value):
+        return (row.get("gen_note") if prefix else "") or "n/a"
+    if not math.isfinite(low):
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]" + (" *" if low > 0 or high < 0 else "")
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The validity table as markdown: each statistic with its 95% bootstrap CI, a CI excluding 0 marked *."""
+    lines = ["| metric | cells | Kendall tau (cells) | Spearman rho (cells) | generators | Kendall tau (generators) "
+             "| Spearman rho (generators) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['metric']} | {r['cells']} | {_statistic(r, '', 'kendall_tau', 'kendall')} | "
+                     f"{_statistic(r, '', 'spearman_rho', 'spearman')} | {r['generators']} | "
+                     f"{_statistic(r, 'gen_', 'kendall_tau', 'kendall')} | "
+                     f"{_statistic(r, 'gen_', 'spearman_rho', 'spearman')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def _strict(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_validity(out_dir: str | Path, rows: Sequence[dict[str, Any]], cells: Sequence[Cell]) -> list[Path]:
+    """validity.md, validity.csv, validity.json (rows and cells, NaN as null) and validity_cells.csv (the points
+    behind every scatter) in ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    points = [{"cell": c.name, "generator": c.generator, "gain": c.gain, **c.factors, **c.metrics} for c in cells]
+    fields = list(dict.fromkeys(k for p in points for k in p))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(points)
+    payload = {"rows": [{k: _strict(v) for k, v in r.items()} for r in rows],
+               "cells": [{k: _strict(v) for k, v in p.items()} for p in points]}
+    return [atomic_write(out_dir / "validity.md", format_markdown(rows)),
+            atomic_write(out_dir / "validity.csv", _csv_text(rows)),
+            atomic_write(out_dir / "validity.json", json.dumps(payload, indent=2) + "\n"),
+            atomic_write(out_dir / "validity_cells.csv", table.getvalue())]
+
+
+def scatter_images(rows: Sequence[dict[str, Any]], cells: Sequence[Cell]) -> dict[str, np.ndarray]:
+    """One RGB scatter per metric (metric vs gain, a colour per generator, tau in the title), by metric."""
+    from toolkit.seg.report import scatter_plot  # PIL-drawn, as the leaderboard's figures
+
+    images = {}
+    for row in rows:
+        metric = row["metric"]
+        points = [(c.generator, c.metrics[metric], c.gain) for c in cells if metric in c.metrics]
+        if points:
+            images[metric] = scatter_plot(points, f"{metric} vs Dice gain over {len(points)} cells: Kendall tau "
+                                          f"{row['kendall_tau']:+.2f}", metric, "Dice gain")
+    return images
+
+
+def write_plots(out_dir: str | Path, rows: Sequence[dict[str, Any]], cells: Sequence[Cell]) -> list[Path]:
+    """The scatters as ``validity_plots/<metric>.png`` in ``out_dir``; returns the paths."""
+    from toolkit.seg.report import save_png
+
+    paths = []
+    for metric, image in scatter_images(rows, cells).items():
+        path = Path(out_dir) / "validity_plots" / f"{metric}.png"
+        save_png(path, image)
+        paths.append(path)
+    return paths
+
+
+def log_tensorboard(writer: SummaryWriter, rows: Sequence[dict[str, Any]], cells: Sequence[Cell],
+                    step: int = 0) -> None:
+    """Each metric's statistics as scalars ``validity/<metric>/<stat>``, its scatter as an image, and the
+    table as text."""
+    stats = ("kendall_tau", "kendall_ci_low", "kendall_ci_high", "spearman_rho", "spearman_ci_low",
+             "spearman_ci_high", "gen_kendall_tau", "gen_spearman_rho")
+    for row in rows:
+        for stat in stats:
+            if math.isfinite(row[stat]):
+                writer.add_scalar(f"validity/{row['metric']}/{stat}", row[stat], step)
+    for metric, image in scatter_images(rows, cells).items():
+        writer.add_image(f"validity/{metric}", image, step, dataformats="HWC")
+    writer.add_text("validity/table", format_markdown(rows), step)

@@ -137,7 +137,9 @@ def seg_cores(config: Config, threads: int) -> dict[str, Any]:
 
     One small U-Net trains as fast at 1 thread as at 2 (benchmarks/results/seg_speed.md), so a cell's
     arms x seeds U-Nets go ``threads`` at a time in 1-thread processes: the v2 design's 8 U-Nets per
-    cell and level measured 745 s one by one at 2 threads (benchmark_v2.md) and N s this way.
+    cell and level (12 U-Net trainings' worth of batches: add and its control forward two) took 745 s one
+    by one at 2 threads (benchmark_v2.md); the same work in 2 x 1-thread processes took 396 s in the
+    controls evaluation of seg_controls.md (6 add-mode U-Nets), 1.9x. Not yet timed inside a benchmark cell.
     """
     if config.seg.threads is not None or config.seg.processes != "auto":
         return {"seg.threads": config.seg.threads or threads}

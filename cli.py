@@ -188,22 +188,74 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
 
 
 @main.command()
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, exists=True), default="runs",
-              help="Folder holding run directories.")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder holding run directories (default: runs).")
 @click.option("--evaluator", default="dice_gain", help="Evaluator whose results rank the runs.")
 @click.option("--metric", default=None, help="Metric to rank by; default: the evaluator's primary metric.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def leaderboard(runs_dir, evaluator, metric, as_json):
+@click.option("--validity", "validity", is_flag=True, help="Instead of a ranking: how well each quality metric "
+              "predicts the Dice gain (Kendall tau, Spearman rho, bootstrap CIs) over every scored cell of the "
+              "FOLDERS (benchmark folders or runs).")
+@click.option("--mode", default=None, help="--validity: the usage mode whose gain is the truth (default: each "
+              "cell's primary dice_gain).")
+@click.option("--validity-out", type=click.Path(file_okay=False), default=None,
+              help="--validity: folder for validity.md/.csv/.json, the scatter plots and TensorBoard; default: "
+              "FOLDER/validity of the first folder.")
+@click.argument("folders", nargs=-1, type=click.Path(file_okay=False, exists=True))
+def leaderboard(runs_dir, evaluator, metric, as_json, validity, mode, validity_out, folders):
     """Rank finished runs by one evaluator's metric, in groups of comparable runs (same data, test patients
-    and evaluator settings); gains whose 95% CI includes 0 are marked."""
+    and evaluator settings); gains whose 95% CI includes 0 are marked. With --validity FOLDERS...: which cheap
+    metric predicts the gain."""
     from toolkit.leaderboard import collect, format_leaderboard, rank
     from toolkit.rundir import RunError
 
+    if validity:
+        _validity(folders or (runs_dir or "runs",), mode, validity_out, as_json)
+        return
+    if folders:
+        raise click.ClickException(f"FOLDERS ({', '.join(folders)}) are read with --validity only; rank runs "
+                                   "with --runs DIR")
+    runs_dir = runs_dir or "runs"
+    if not Path(runs_dir).is_dir():
+        raise click.ClickException(f"--runs {runs_dir}: no such folder; name the folder that holds your runs")
     try:
         groups = rank(collect(runs_dir, evaluator), metric)
     except RunError as exc:  # a damaged results.json, config.yaml or split.json, named
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(groups, indent=2, default=str) if as_json else format_leaderboard(groups))
+
+
+def _validity(folders: tuple[str, ...], mode: str | None, out: str | None, as_json: bool) -> None:
+    """leaderboard --validity: the table, its files, scatter plots and TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from toolkit.rundir import RunError
+    from toolkit.validity import (
+        collect_cells,
+        format_markdown,
+        log_tensorboard,
+        metric_validity,
+        write_plots,
+        write_validity,
+    )
+
+    try:
+        cells = collect_cells(folders, mode)
+    except (RunError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if len(cells) < 3:
+        raise click.ClickException(f"--validity: {len(cells)} scored cell(s) in {', '.join(folders)}; a rank "
+                                   "correlation needs at least 3 (benchmark folders, or runs with dice_gain results)")
+    rows = metric_validity(cells)
+    target = Path(out) if out else Path(folders[0]) / "validity"
+    written = [*write_validity(target, rows, cells), *write_plots(target, rows, cells)]
+    writer = SummaryWriter(log_dir=str(target / "tensorboard"))
+    try:
+        log_tensorboard(writer, rows, cells)
+    finally:
+        writer.close()
+    click.echo(json.dumps(rows, indent=2, default=str) if as_json else format_markdown(rows))
+    click.echo(f"{len(cells)} cells; files: {target} ({len(written)} written), TensorBoard: {target / 'tensorboard'}")
 
 
 def _names(text: str | None, option: str, valid: tuple[str, ...]) -> tuple[str, ...]:

@@ -14,6 +14,10 @@ EXTRAS = {
     "fid": ["pytorch-fid>=0.3"],
     # benchmark --executor ray: cells as Ray tasks on a local or remote cluster.
     "ray": ["ray>=2.9"],
+    # The radiomic feature space (Fréchet Radiomic Distance). pyradiomics 3.0.1's setup.py imports numpy
+    # without declaring it: `pip install numpy versioneer setuptools wheel && pip install --no-build-isolation
+    # pyradiomics==3.0.1` first (docs/metrics.md); 3.1.0's sdist is refused by pip (version mismatch).
+    "frd": ["pyradiomics==3.0.1"],
 }
 # import-linter: the layers contract in pyproject.toml (CI runs lint-imports).
 EXTRAS["dev"] = sorted({"pytest>=7", "ruff>=0.4", "import-linter>=2", *EXTRAS["mhd"], *EXTRAS["fid"]})

@@ -116,3 +116,20 @@ def test_written_table_plots_and_tensorboard(tmp_path):
     log_tensorboard(writer, rows, cells)
     assert ("scalar", "validity/fd_seg/kendall_tau", pytest.approx(1.0)) in writer.calls
     assert any(c[0] == "image" and c[1] == "validity/kid_seg" for c in writer.calls)
+
+
+def test_leaderboard_validity_command_writes_the_table_and_refuses_too_few_cells(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    for i in range(6):  # fd falls as the gain rises: a perfect (negative) rank correlation
+        write_run(tmp_path / "bench" / "cells" / f"c{i}", f"g{i % 3}", 0.01 * i, 10.0 - i)
+    result = CliRunner().invoke(main, ["leaderboard", "--validity", str(tmp_path / "bench")])
+    assert result.exit_code == 0, result.output
+    assert "| fd_seg | 6 | -1.00" in result.output and "6 cells" in result.output
+    out = tmp_path / "bench" / "validity"
+    assert (out / "validity.md").is_file() and list((out / "tensorboard").glob("events.out.tfevents.*"))
+    write_run(tmp_path / "few" / "cells" / "c0", "g0", 0.1, 1.0)
+    result = CliRunner().invoke(main, ["leaderboard", "--validity", str(tmp_path / "few")])
+    assert result.exit_code != 0 and "needs at least 3" in result.output and "Traceback" not in result.output

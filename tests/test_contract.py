@@ -31,10 +31,11 @@ from toolkit.types import Batch, DataSpec
 SIZE = 32
 
 
-def build(name: str, data: SliceSet | None = None):
-    """The generator with its tiny settings, set up as the core sets it up (deformed real masks)."""
+def build(name: str, data: SliceSet | None = None, **settings):
+    """The generator with its tiny settings (and ``settings`` over them), set up as the core sets it up
+    (deformed real masks)."""
     cls = GENERATORS.get(name)
-    gen = cls(DataSpec(image_size=SIZE), device="cpu", **cls.tiny)
+    gen = cls(DataSpec(image_size=SIZE), device="cpu", **{**cls.tiny, **settings})
     data = make_slices(n_patients=3, slices_per_patient=6, size=SIZE) if data is None else data
     gen.setup(TrainContext(train=data, mask_source=DeformedMasks(data)))
     return gen
@@ -133,9 +134,9 @@ def test_generator_state_round_trip(name, data, tmp_path):
     assert next_original == next_restored
 
 
-def _train(name, data, run_dir, steps, interrupt_at=None, resume=False):
+def _train(name, data, run_dir, steps, interrupt_at=None, resume=False, **settings):
     seed_everything(3)  # as run_experiment does: seed, then build
-    gen = build(name, data)
+    gen = build(name, data, **settings)
     if interrupt_at is not None:
         step_fn = gen.train_step
 

@@ -19,18 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import make_slices
+from tests.test_contract import _train as train_as_core
 from toolkit.data.masks import DeformedMasks
 from toolkit.data.splits import split_patients
 from toolkit.nn.seg_loop import hyper_step
 from toolkit.plugin import TrainContext
 from toolkit.registry import GENERATORS
 from toolkit.schema import ConfigError
-from toolkit.settings import SplitSettings, TrainSettings
+from toolkit.settings import SplitSettings
 from toolkit.train.checkpoint import load_checkpoint
-from toolkit.train.loop import checkpoint_path, resume_state, train_generator
-from toolkit.train.runlog import RunLog
-from toolkit.train.sampling import make_sampler
-from toolkit.train.seeding import seed_everything
+from toolkit.train.loop import checkpoint_path
 from toolkit.types import DataSpec
 
 SIZE = 32
@@ -169,28 +167,8 @@ def test_the_outer_pairs_are_held_out_from_the_inner_step(data):
 
 
 def _train(data, run_dir: Path, steps: int, interrupt_at: int | None = None, resume: bool = False):
-    """As tests/test_contract.py runs a generator: seed, build, train through the core's loop."""
-    seed_everything(3)
-    cls = GENERATORS.get("pix2pix")
-    gen = cls(DataSpec(image_size=SIZE), "cpu", **{**cls.tiny, "seg_loop": True, "seg_loop_every": 2})
-    gen.setup(TrainContext(train=data, mask_source=DeformedMasks(data)))
-    if interrupt_at is not None:
-        step_fn = gen.train_step
-
-        def train_step(batch, step):
-            if step == interrupt_at:
-                raise KeyboardInterrupt  # what a kill looks like to the loop
-            return step_fn(batch, step)
-
-        gen.train_step = train_step
-    cfg = TrainSettings(steps=steps, batch_size=4, log_every=1, sample_every=100, checkpoint_every=3)
-    runlog = RunLog(run_dir, quiet=True)
-    try:
-        state = resume_state(run_dir) if resume else None
-        return train_generator(gen, data, cfg, run_dir, runlog, make_sampler(gen, data), seed=3, state=state,
-                               progress=False)
-    finally:
-        runlog.close()
+    """As tests/test_contract.py runs a generator (seed, build, the core's loop), with the loop on."""
+    return train_as_core("pix2pix", data, run_dir, steps, interrupt_at, resume, seg_loop=True, seg_loop_every=2)
 
 
 def _logged(run_dir: Path) -> list[dict]:

@@ -179,6 +179,30 @@ def test_a_generator_added_later_joins_the_leaderboard_and_keeps_the_finished_ce
     assert saved["generators"] == ["toy", "deformed_real", "vae"]
 
 
+def test_more_draws_continue_a_benchmark_and_fewer_are_refused(bench, tmp_path, monkeypatch):
+    """A benchmark grows by draws across sessions: the finished cells are kept, the new draw trains its own."""
+    import shutil
+
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    out = tmp_path / "out"
+    shutil.copytree(bench["dir"], out / "b")
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
+    fewer = list(ARGS)
+    fewer[ARGS.index("--draws") + 1] = "1"
+    refused = CliRunner().invoke(main, [*fewer, "--out", str(out), "--name", "b"])
+    assert refused.exit_code != 0 and "another benchmark plan" in refused.output
+    more = list(ARGS)
+    more[ARGS.index("--draws") + 1] = "3"
+    result = CliRunner().invoke(main, [*more, "--out", str(out), "--name", "b"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "b" / "cells").glob("*/results.json")}
+    assert {k: after[k] for k in before} == before
+    assert sorted(set(after) - set(before)) == ["deformed_real-n2-r1-d2-s0", "toy-n2-r1-d2-s0"]
+    data = json.loads((out / "b" / "leaderboard.json").read_text())
+    assert all(r["draws"] == 3 for r in data["rows"] if r["generator"] != BASELINE)
+    assert json.loads((out / "b" / "benchmark.json").read_text())["plan"]["draws"] == 3
+
+
 def test_more_draws_than_different_training_sets_is_refused_before_any_work(tmp_path):
     draws = list(ARGS)
     draws[ARGS.index("--draws") + 1] = "7"  # 2 training patients of a pool of 4 make 6 sets

@@ -191,17 +191,22 @@ def _same_plan(saved: dict[str, Any], plan: Plan) -> bool:
 def extended_plan(saved: dict[str, Any], plan: Plan) -> Plan | None:
     """The plan that continues ``saved``: ``plan`` with the saved generators first; None if they differ otherwise.
 
-    A generator added later (a new plugin, or one held back while its config changed) joins the same
-    leaderboard: its cells share the baselines, the split and the budget of the others, whose finished
-    cells are kept.
+    A benchmark grows without losing work: a generator added later (a new plugin, or one held back while
+    its config changed) joins the same leaderboard, and more ``--draws`` or ``--seeds`` add cells (a cell's
+    name and split depend on its own draw and seed, not on how many there are). The new cells share the
+    baselines, the split design and the budget of the others, whose finished cells are kept. Fewer draws or
+    seeds than saved would drop finished cells from the leaderboard: refused like any other change.
     """
     before = tuple(saved.get("generators", ()))
     merged = replace(plan, generators=(*before, *(g for g in plan.generators if g not in before)))
-    if not _same_plan({**saved, "generators": list(merged.generators)}, merged):
+    grown = {k: getattr(merged, k) for k in ("draws", "seeds") if getattr(merged, k) > saved.get(k, 1)}
+    if not _same_plan({**saved, "generators": list(merged.generators), **grown}, merged):
         return None
     if len(merged.generators) > len(before):
         log.info("benchmark: adding %s to the plan of %s (finished cells are kept)",
                  ", ".join(merged.generators[len(before):]), ", ".join(before))
+    for k, v in grown.items():
+        log.info("benchmark: %s %d -> %d (finished cells are kept)", k, saved.get(k, 1), v)
     return merged
 
 

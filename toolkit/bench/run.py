@@ -52,7 +52,7 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
         continued = extended_plan(saved, plan)
         if continued is None:
             raise RunError(f"{bench} holds another benchmark plan ({plan_file}); use another --name, or the same "
-                           "options (other --generators may be added) to continue it")
+                           "options (other --generators, more --draws or --seeds may be added) to continue it")
         plan = continued
     else:
         RunDir.create(out, name)

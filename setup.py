@@ -33,7 +33,8 @@ setup(
     # toolkit/ as data, so a wheel or `pip install .` finds its defaults where a checkout does.
     packages=[*find_packages(include=["toolkit", "toolkit.*", "plugins", "plugins.*"]), "configs"],
     py_modules=["cli"],
-    package_data={"toolkit": ["templates/*.tmpl", "bench/variance_defaults.json"],
+    # toolkit/templates/*.py are new-plugin's templates: data read as text, not a package (no __init__.py).
+    package_data={"toolkit": ["templates/*.py", "bench/variance_defaults.json"],
                   "configs": ["*.yaml", "profiles/*.yaml", "generators/*.yaml"]},
     install_requires=[
         # The pair that installs on the project's CPU machines without a multi-GB download.

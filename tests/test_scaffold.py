@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import ast
+import inspect
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +16,9 @@ from tests.test_contract import tiny_context
 from toolkit.data.masks import DeformedMasks
 from toolkit.plugin import TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS, load_plugin_dir
-from toolkit.scaffold import GENERATOR_TEMPLATES
-from toolkit.types import DataSpec
+from toolkit.scaffold import CLASS_TOKEN, GENERATOR_TEMPLATES, NAME_TOKEN, TEMPLATES, template_path
+from toolkit.schema import plugin_params
+from toolkit.types import Batch, DataSpec
 
 
 def test_new_plugins_work_out_of_the_box(tmp_path):
@@ -60,11 +65,17 @@ def test_each_generator_template_passes_the_contract(template, tmp_path):
     assert result.exit_code == 0, result.output
     text = (folder / f"{name}.py").read_text()
     assert len(text.splitlines()) < 100 and "Tmpl " not in text  # no title made from the file name
+    assert NAME_TOKEN not in text and CLASS_TOKEN not in text  # every placeholder replaced
     try:
         load_plugin_dir(folder)
         assert not [e for e in GENERATORS.errors if name in e.source], GENERATORS.errors
         cls = GENERATORS.get(name)
+        assert cls.__name__ == "".join(part.title() for part in name.split("_"))
         assert cls.needs_masks == (template == "mask2image")
+        # Typed like the built-ins: every setting has a real type hint and a default (the config schema).
+        params = plugin_params(cls)
+        assert params and all(hint is not typing.Any and default is not inspect.Parameter.empty
+                              for hint, default in params.values()), params
         data = make_slices(n_patients=3, slices_per_patient=6, size=contract.SIZE)
         contract.test_generator_trains_and_samples(name, data)
         if cls.needs_masks:
@@ -82,8 +93,70 @@ def test_each_generator_template_passes_the_contract(template, tmp_path):
         out = gen.sample(2, cond=torch.rand(2, 5), masks=wide.mask[:2] if cls.needs_masks else None,
                          generator=torch.Generator().manual_seed(0))
         assert out.image.shape == (2, 3, 16, 16) and out.mask.shape == (2, 1, 16, 16)
+        check_condition_is_never_invented(cls, data)
     finally:
         GENERATORS.unregister(name)
+
+
+def check_condition_is_never_invented(cls: type, data) -> None:
+    """A template's ``cond`` comes from the data (or its mask), never zeros: a missing one is drawn or refused."""
+    gen = cls(DataSpec(image_size=contract.SIZE), **cls.tiny)
+    batch = data.to_batch(np.arange(4))
+    with pytest.raises(ValueError, match="batch.cond"):
+        gen.train_step(Batch(batch.image, batch.mask, None), 0)
+    if cls.needs_masks:
+        # Masks without their conditions are refused: a condition describes its own mask (e.g. its area).
+        gen.setup(TrainContext(train=data, mask_source=DeformedMasks(data)))
+        with pytest.raises(ValueError, match="cond"):
+            gen.sample(2, masks=batch.mask[:2], generator=torch.Generator().manual_seed(0))
+        return
+    # A joint model draws missing conditions from the training slices, as the core's sampler does...
+    with pytest.raises(RuntimeError, match=r"setup\(ctx\)"):
+        gen.sample(2, generator=torch.Generator().manual_seed(0))  # ...so without setup() it has none to draw
+    gen.setup(TrainContext(train=data, mask_source=None))
+    gen.eval()
+    with torch.no_grad():
+        out = gen.sample(16, generator=torch.Generator().manual_seed(0))
+        again = gen.sample(16, generator=torch.Generator().manual_seed(0))
+    real = torch.from_numpy(data.cond).float()
+    assert all((row == real).all(dim=1).any() for row in out.cond), "sample() made up a condition"
+    assert torch.equal(out.cond, again.cond) and torch.equal(out.image, again.image)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in TEMPLATES.iterdir() if p.is_file()), ids=lambda p: p.name)
+def test_raw_template_is_plain_python_with_one_placeholder(path):
+    """The template file itself is Python as written: no str.format escaping, just the name to replace."""
+    expected = {template_path("generator", t) for t in GENERATOR_TEMPLATES} | {template_path("evaluator")}
+    assert path in expected, f"{path.name} is no template new-plugin writes from (valid: {sorted(expected)})"
+    text = path.read_text()
+    tree = ast.parse(text, filename=str(path))
+    assert "{{" not in text and "}}" not in text and "{name}" not in text and "{cls}" not in text
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert [c.name for c in classes] == [CLASS_TOKEN]
+    (decorator,) = classes[0].decorator_list
+    assert isinstance(decorator, ast.Call) and ast.literal_eval(decorator.args[0]) == NAME_TOKEN
+
+
+def test_every_template_new_plugin_names_exists():
+    for path in [template_path("generator", t) for t in GENERATOR_TEMPLATES] + [template_path("evaluator")]:
+        assert path.is_file(), path
+
+
+def test_evaluator_template_passes_the_contract(tmp_path):
+    name = "tmpl_metric"
+    result = CliRunner().invoke(main, ["new-plugin", name, "--kind", "evaluator", "--out", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "mine" / f"{name}.py").read_text()
+    assert NAME_TOKEN not in text and CLASS_TOKEN not in text
+    try:
+        load_plugin_dir(tmp_path / "mine")
+        assert not [e for e in EVALUATORS.errors if name in e.source], EVALUATORS.errors
+        cls = EVALUATORS.get(name)
+        assert cls.metrics == (f"{name}_intensity_gap", f"{name}_gland_share_gap")
+        assert all(hint is not typing.Any for hint, _ in plugin_params(cls).values())
+        contract.test_evaluator_contract(name, tmp_path / "contract")
+    finally:
+        EVALUATORS.unregister(name)
 
 
 def test_template_option_is_for_generators(tmp_path):

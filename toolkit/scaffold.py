@@ -8,6 +8,10 @@ registry-wide contract test as written:
     mask2image: a pix2pix-style mask-to-image GAN that paints masks from the core's mask source.
 
 Evaluators have one template (``--kind evaluator``).
+
+The templates in ``toolkit/templates/`` are plain Python files (ruff lints them, ``ast`` parses them)
+written for a plugin called :data:`NAME_TOKEN` with the class :data:`CLASS_TOKEN`; ``new_plugin``
+puts the chosen name in both places with ``str.replace`` and changes nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import re
 from pathlib import Path
 
 TEMPLATES = Path(__file__).parent / "templates"
+#: The plugin name every template is written for (registered name, metric-name prefix, messages) ...
+NAME_TOKEN = "my_plugin"
+#: ... and its class name: both replaced by the new plugin's.
+CLASS_TOKEN = "MyPlugin"
 KINDS = ("generator", "evaluator")
 #: Generator templates: name -> what it is (shown by ``new-plugin --help``).
 GENERATOR_TEMPLATES = {
@@ -44,8 +52,13 @@ def new_plugin(name: str, kind: str, folder: str | Path, template: str | None = 
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another name or folder")
     folder.mkdir(parents=True, exist_ok=True)
-    source = TEMPLATES / (f"{template}.py.tmpl" if kind == "generator" else "evaluator.py.tmpl")
-    text = source.read_text().format(name=name, cls="".join(part.title() for part in name.split("_")),
-                                     title=name.replace("_", " ").title(), folder=folder)
+    cls = "".join(part.title() for part in name.split("_"))
+    # The class first: cls has no underscore, so it never holds NAME_TOKEN for the second replace to hit.
+    text = template_path(kind, template).read_text().replace(CLASS_TOKEN, cls).replace(NAME_TOKEN, name)
     path.write_text(text)
     return path
+
+
+def template_path(kind: str, template: str | None = None) -> Path:
+    """The template file of ``kind`` (generators: ``template``, default :data:`DEFAULT_TEMPLATE`)."""
+    return TEMPLATES / (f"{template or DEFAULT_TEMPLATE}.py" if kind == "generator" else "evaluator.py")

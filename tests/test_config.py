@@ -184,3 +184,48 @@ def test_channels_last_accepts_yaml_bare_on_off(text, expected):
 
     config = resolve(generator="toy", overrides=[*TOY, f"train.channels_last={text}"])
     assert resolve_channels_last(config.train.channels_last, torch.device("cpu")) is expected
+
+
+def _literal_keys() -> list[tuple[str, str, tuple]]:
+    import typing
+
+    from toolkit.registry import GENERATORS
+    from toolkit.schema import _strip, plugin_params
+
+    out = []
+    for name in GENERATORS.names():
+        for key, (hint, _) in plugin_params(GENERATORS.get(name)).items():
+            base, _ = _strip(hint)
+            if typing.get_origin(base) is typing.Literal:
+                out.append((name, key, typing.get_args(base)))
+    return out
+
+
+@pytest.mark.parametrize("name, key, choices", _literal_keys())
+def test_generator_literal_settings_are_refused_by_the_schema_naming_the_key(name, key, choices):
+    # Generators write no checks of their own for Literal settings: the signature is the schema.
+    with pytest.raises(ConfigError) as info:
+        resolve(generator=name, profile="smoke", overrides=[f"generator.{key}=not_a_choice"])
+    message = str(info.value)
+    assert f"'generator.{key}'" in message and "one of " + ", ".join(map(str, choices)) in message, message
+    assert "not_a_choice" in message and "--set generator." in message, message
+
+
+def _generator_yamls() -> list:
+    from toolkit.config import CONFIG_DIR
+
+    return sorted((CONFIG_DIR / "generators").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _generator_yamls(), ids=lambda p: p.stem)
+def test_generator_yaml_holds_only_real_overrides(path):
+    # The constructor is the single source of defaults: a key equal to it has no place in the yaml.
+    from toolkit.config import load_yaml
+    from toolkit.registry import GENERATORS
+    from toolkit.schema import plugin_params
+
+    params = plugin_params(GENERATORS.get(path.stem))
+    for key, value in (load_yaml(path).get("generator") or {}).items():
+        default = params[key][1]
+        default = list(default) if isinstance(default, tuple) else default
+        assert value != default, f"{path.name}: generator.{key} equals the constructor default {default!r}"

@@ -19,6 +19,7 @@ import torch
 
 from plugins.generators.ddpm import DDPM, cosine_alpha_bar, sampling_timesteps, solve
 from tests.conftest import make_slices
+from toolkit.config import ConfigError, validate_section
 from toolkit.data.masks import DeformedMasks
 from toolkit.plugin import TrainContext
 from toolkit.registry import GENERATORS
@@ -148,8 +149,8 @@ def test_eps_prediction_trains_and_samples_in_range() -> None:
 
 
 def test_bad_settings_fail_early() -> None:
-    with pytest.raises(ValueError, match="mode"):
-        build(mode="pix2pix")
+    with pytest.raises(ConfigError, match=r"'generator.mode' .*must be one of joint, mask_conditioned"):
+        validate_section(DDPM, {"mode": "pix2pix"}, "generator")  # the schema, from the signature
     with pytest.raises(ValueError, match="sampling steps"):
         build(sample_steps=2000)
     with pytest.raises(ValueError, match="eta"):

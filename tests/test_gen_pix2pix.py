@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from tests.conftest import make_slices
+from toolkit.config import ConfigError, validate_section
 from toolkit.data.masks import DeformedMasks, RealMasks
 from toolkit.nn.unet import UNet
 from toolkit.plugin import TrainContext
@@ -174,8 +175,8 @@ def test_log_visuals_writes_the_renderings_grid_and_diversity(data):
 
 def test_bad_settings_fail_loudly():
     cls = GENERATORS.get("pix2pix")
-    with pytest.raises(ValueError, match="l1_mode"):
-        cls(DataSpec(image_size=SIZE), "cpu", **cls.tiny, l1_mode="median")
+    with pytest.raises(ConfigError, match=r"'generator.l1_mode' .*must be one of best, all"):
+        validate_section(cls, {"l1_mode": "median"}, "generator")  # the schema, from the signature
     with pytest.raises(ValueError, match="divisible"):
         cls(DataSpec(image_size=SIZE), "cpu", **{**cls.tiny, "depth": 6})
 

@@ -294,9 +294,6 @@ class Pix2Pix(Generator):
         seg_loop_base_channels: PositiveInt = 8,  # width of the loop's segmenter S (GroupNorm U-Net, depth 3)
     ) -> None:
         super().__init__(spec, device)
-        for name, value, valid in (("adv_loss", adv_loss, ("hinge", "nonsat")), ("l1_mode", l1_mode, ("best", "all"))):
-            if value not in valid:
-                raise ValueError(f"pix2pix: {name} must be one of {', '.join(valid)}, got {value!r}")
         if source_fraction < 0 or seg_consistency_weight < 0 or diversity_weight < 0:
             raise ValueError("pix2pix: source_fraction, seg_consistency_weight and diversity_weight must be >= 0")
         if visual_renderings < 2:

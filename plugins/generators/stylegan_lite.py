@@ -553,8 +553,6 @@ class StyleGANLite(Generator):
         super().__init__(spec, device)
         if spec.cond_dim < 1:
             raise ValueError("stylegan_lite is conditional: the data spec needs cond_dim >= 1")
-        if augment not in ("ada", "diffaug", "none"):
-            raise ValueError(f"stylegan_lite: augment must be 'ada', 'diffaug' or 'none', got {augment!r}")
         if not 1 <= mapping_layers <= 8:
             raise ValueError(f"stylegan_lite: mapping_layers must be in 1..8, got {mapping_layers}")
         self.z_dim = z_dim

@@ -70,8 +70,6 @@ class VAE(Generator):
         prior: Literal["fitted", "standard"] = "fitted",  # sample from a Gaussian fitted to the encoder's latents, or N(0, I)
     ) -> None:
         super().__init__(spec, device)
-        if image_loss not in ("l1", "l2"):
-            raise ValueError(f"vae: image_loss must be 'l1' or 'l2', got {image_loss!r}")
         self.z_dim = z_dim
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
@@ -79,8 +77,6 @@ class VAE(Generator):
         self.image_weight = image_weight
         self.mask_weight = mask_weight
         self.temperature = temperature
-        if prior not in ("fitted", "standard"):
-            raise ValueError(f"vae: prior must be 'fitted' or 'standard', got {prior!r}")
         self.prior_kind = prior
         channels = spec.channels + 1
         self.encoder = ConvEncoder(channels, spec.image_size, z_dim, base_channels, max_channels).to(self.device)

@@ -153,10 +153,6 @@ class VAEGAN(Generator):
         lr_s: float = 1e-3,  # Adam learning rate of S
     ) -> None:
         super().__init__(spec, device)
-        for name, value, valid in (("image_loss", image_loss, ("l1", "l2")),
-                                   ("adv_loss", adv_loss, ("hinge", "nonsat"))):
-            if value not in valid:
-                raise ValueError(f"vaegan: {name} must be one of {', '.join(valid)}, got {value!r}")
         self.z_dim = z_dim
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
@@ -172,8 +168,6 @@ class VAEGAN(Generator):
         self.mismatch_weight = mismatch_weight
         self.r1_gamma = r1_gamma
         self.temperature = temperature
-        if prior not in ("fitted", "standard"):
-            raise ValueError(f"vaegan: prior must be 'fitted' or 'standard', got {prior!r}")
         self.prior_kind = prior
         self.prior_fraction = prior_fraction
         self.seg_weight = seg_weight

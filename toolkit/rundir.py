@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from torchvision.utils import save_image
 
 from toolkit.data.slices import SliceSet
@@ -89,6 +90,18 @@ class RunDir:
             raise RunError(f"{purpose}: {run.path} is not a run directory (no config.yaml); "
                            "name an existing run (see the runs/ folder)")
         return run
+
+    def generator(self) -> str | None:
+        """The generator this run trained (``run.generator`` of its config.yaml); None without a readable one.
+
+        Read from the config, never parsed from the folder name: a run's name is the user's choice.
+        """
+        try:
+            config = yaml.safe_load(self.config.read_text()) if self.config.is_file() else None
+        except (OSError, yaml.YAMLError):
+            return None
+        name = (config.get("run") or {}).get("generator") if isinstance(config, dict) else None
+        return str(name) if name else None
 
     def remove(self) -> None:
         """Delete a run that never started (its data failed to load): nothing is left to collide with."""

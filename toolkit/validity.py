@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.io import atomic_write, read_json
+from toolkit.rundir import RunDir
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -67,16 +68,8 @@ def is_metric(name: str) -> bool:
 
 
 def _generator_name(run_dir: Path, results: dict[str, Any]) -> str:
-    """The generator of a run: ``run.generator`` in its resolved config.yaml."""
-    import yaml
-
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        config = yaml.safe_load(config_path.read_text()) or {}
-        name = (config.get("run") or {}).get("generator")
-        if name:
-            return str(name)
-    return str(results.get("settings", {}).get("generator", run_dir.name.split("-")[0]))
+    """The generator of a run: ``run.generator`` in its resolved config.yaml, else what results.json says."""
+    return RunDir(run_dir).generator() or str(results.get("settings", {}).get("generator", run_dir.name))
 
 
 def read_cell(run_dir: str | Path, mode: str | None = None) -> Cell | None:

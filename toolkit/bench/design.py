@@ -24,7 +24,7 @@ from toolkit.config import Config
 from toolkit.experiment import baseline_store, build_evaluators, build_generator, prepare_data, train_context
 from toolkit.io import read_json
 from toolkit.registry import GENERATORS
-from toolkit.rundir import RunError
+from toolkit.rundir import RunDir, RunError
 from toolkit.runtime import machine_threads, resolve_device, set_threads
 from toolkit.seg.stats import Power
 from toolkit.seg.train import Pool, train_unet
@@ -156,7 +156,9 @@ def _finished_cell_seconds(path: Path) -> dict[str, float]:
                             RunError)
         if "values" not in results.get("evaluation", {}).get("dice_gain", {}):
             continue
-        generator = results_file.parent.name.rsplit("-n", 1)[0]
+        generator = RunDir(results_file.parent).generator()
+        if generator is None:
+            continue  # not a cell the benchmark wrote (no config.yaml naming its generator)
         sampled = results.get("synthetic", {}).get("seconds_per_100", 0) * results.get("data", {}).get(
             "train_slices", 0) / 100
         seconds = results.get("train", {}).get("seconds", 0) + sampled + sum(

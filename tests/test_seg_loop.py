@@ -211,5 +211,9 @@ def test_the_schema_refuses_an_unknown_order_and_the_quick_config_keeps_the_loop
         resolve(generator="pix2pix", profile="quick", overrides=("generator.seg_loop_order=third",))
     with pytest.raises(ConfigError, match="seg_loop_every"):
         resolve(generator="pix2pix", profile="quick", overrides=("generator.seg_loop_every=0",))
+    from toolkit.registry import GENERATORS
+    from toolkit.schema import plugin_params
+
     config = resolve(generator="pix2pix", profile="quick")
-    assert config["generator"]["seg_loop"] is False
+    # The constructor is the source of defaults: the quick config does not set the loop, and its default is off.
+    assert "seg_loop" not in config["generator"] and plugin_params(GENERATORS["pix2pix"])["seg_loop"][1] is False

@@ -52,8 +52,8 @@ from toolkit.config import plugin_kwargs, resolve  # noqa: E402
 from toolkit.data import load_dataset, select_slices, split_patients  # noqa: E402
 from toolkit.data.maskshape import laplacian_sharpness, mask_areas, single_component_share  # noqa: E402
 from toolkit.nn import losses  # noqa: E402
-from toolkit.nn.convvae import pair_to_input  # noqa: E402
 from toolkit.nn.diffaug import DiffAugment  # noqa: E402
+from toolkit.nn.pairs import encode_pair  # noqa: E402
 from toolkit.nn.patchgan import PatchGAN  # noqa: E402
 from toolkit.registry import GENERATORS  # noqa: E402
 from toolkit.train.loop import batch_indices  # noqa: E402
@@ -118,8 +118,8 @@ def train_d(real: torch.Tensor, fake: torch.Tensor, steps: int, batch: int, sn: 
     curve = []
     for _ in range(steps):
         i, j = torch.randint(0, len(real), (batch,), generator=g), torch.randint(0, len(fake), (batch,), generator=g)
-        (ra,) = aug(real[i])
-        (fa,) = aug(fake[j])
+        ra = aug(real[i])
+        fa = aug(fake[j])
         if r1:
             ra = ra.detach().requires_grad_(True)
         dr, df = d(ra)[0], d(fa)[0]
@@ -135,8 +135,8 @@ def train_d(real: torch.Tensor, fake: torch.Tensor, steps: int, batch: int, sn: 
 def separation(args) -> list[dict]:
     _, train = load_train(args.set)
     batch = train.to_batch(np.arange(len(train)))
-    real = pair_to_input(batch.image, batch.mask)
-    fake = pair_to_input(blur(batch.image), blur(batch.mask))
+    real = encode_pair(batch.image, batch.mask)
+    fake = encode_pair(blur(batch.image), blur(batch.mask))
     rows = []
     for label, kw in selected(args):
         start = time.perf_counter()
@@ -193,11 +193,11 @@ def recon(args) -> list[dict]:
             getattr(pre, name).load_state_dict(state[name])
     pre.eval()
     batch = train.to_batch(np.arange(len(train)))
-    real = pair_to_input(batch.image, batch.mask)
+    real = encode_pair(batch.image, batch.mask)
     with torch.no_grad():
         mu, _ = pre.encoder(real)
         image, logits = pre.decoder(torch.cat([mu, pre.draw_latents(torch.randn(len(mu), pre.z_dim))]))
-    fake = pair_to_input(image, torch.sigmoid(logits))
+    fake = encode_pair(image, torch.sigmoid(logits))
     rows = []
     for label, kw in selected(args):
         start = time.perf_counter()

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from toolkit.config import ConfigError, validate_section
-from toolkit.nn.convvae import ConvDecoder, FittedPrior, pair_to_input
+from toolkit.nn.convvae import ConvDecoder, FittedPrior
 from toolkit.nn.diffaug import DiffAugment, parse_policy
 from toolkit.nn.ema import EMA
+from toolkit.nn.pairs import encode_pair
 from toolkit.nn.patchgan import Blur, PatchGAN
 from toolkit.registry import GENERATORS
 from toolkit.types import Batch, DataSpec
@@ -153,25 +154,25 @@ def test_diffaug_same_transform_for_every_tensor_and_resumable() -> None:
     x = torch.cat([pair.image, pair.mask * 2 - 1], 1)
     aug = DiffAugment("translation,cutout", seed=0)
     state = aug.state_dict()
-    a, b = aug(x, x.clone())
+    a, b = aug.same(x, x.clone())
     assert torch.equal(a, b)  # one draw of parameters per call, applied to both
     assert not torch.equal(a, x)
     # Geometric transforms keep the mask binary in its encoding, -1 or 1.
     assert set(a[:, 1].unique().tolist()) <= {-1.0, 1.0}
     aug.load_state_dict(state)
-    (again,) = aug(x)
+    again = aug(x)
     assert torch.equal(again, a)
 
 
 def test_diffaug_color_leaves_masks_alone_and_is_differentiable() -> None:
     pair = ellipse_pairs(4, 16)
     x = torch.cat([pair.image, pair.mask * 2 - 1], 1).requires_grad_()
-    (out,) = DiffAugment("color,translation", seed=1)(x)
+    out = DiffAugment("color,translation", seed=1)(x)
     assert set(out[:, 1].unique().tolist()) <= {-1.0, 1.0}
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert parse_policy("none") == ()
-    (same,) = DiffAugment("none")(x)
+    same = DiffAugment("none")(x)
     assert same is x
 
 
@@ -299,7 +300,7 @@ def test_vaegan_trains_as_a_vae_before_adv_start_step() -> None:
 
 
 def blurred_pairs(batch: Batch, sigma: float = 1.5) -> torch.Tensor:
-    """``pair_to_input`` of the pairs blurred (images and masks alike): VAE-like fakes, soft masks."""
+    """``encode_pair`` of the pairs blurred (images and masks alike): VAE-like fakes, soft masks."""
     import torch.nn.functional as F
 
     r = int(3 * sigma)
@@ -308,7 +309,7 @@ def blurred_pairs(batch: Batch, sigma: float = 1.5) -> torch.Tensor:
     x = torch.cat([batch.image, batch.mask], dim=1)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(2, 1, 1, 1), groups=2)
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(2, 1, 1, 1), groups=2)
-    return pair_to_input(x[:, :1], x[:, 1:])
+    return encode_pair(x[:, :1], x[:, 1:])
 
 
 def yaml_generator_settings(name: str) -> dict:
@@ -320,7 +321,7 @@ def yaml_generator_settings(name: str) -> dict:
 
 def d_losses_against_blur(gen, steps: int, size: int = 64, batch: int = 32) -> list[float]:
     data = ellipse_pairs(128, size, seed=0)
-    real, fake = pair_to_input(data.image, data.mask), blurred_pairs(ellipse_pairs(128, size, seed=1))
+    real, fake = encode_pair(data.image, data.mask), blurred_pairs(ellipse_pairs(128, size, seed=1))
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(steps):
@@ -417,14 +418,14 @@ def test_mismatched_pairs_swap_masks_and_drop_two_empty_masks() -> None:
 
     data = ellipse_pairs(4, 16)
     data.mask[2:] = 0.0  # pairs 2 and 3: no gland
-    real = pair_to_input(data.image, data.mask)
+    real = encode_pair(data.image, data.mask)
     out = mismatched_pairs(real)
     # shift 2: pair i gets the mask of pair i-2; pairs 2 and 3 keep an image but get masks 0 and 1;
     # pairs 0 and 1 get the empty masks of 2 and 3 (one side has a gland, so they are kept).
     assert out.shape == (4, 2, 16, 16)
     assert torch.equal(out[:, :1], real[:, :1]) and torch.equal(out[:, 1], real[[2, 3, 0, 1], 1])
     data.mask[:] = 0.0
-    assert len(mismatched_pairs(pair_to_input(data.image, data.mask))) == 0  # nothing to mismatch
+    assert len(mismatched_pairs(encode_pair(data.image, data.mask))) == 0  # nothing to mismatch
     assert len(mismatched_pairs(real[:1])) == 0
 
 
@@ -436,7 +437,7 @@ def test_matching_aware_d_learns_to_reject_an_image_with_another_mask() -> None:
     """
     torch.manual_seed(0)
     data = ellipse_pairs(128, 32, seed=0)
-    real = pair_to_input(data.image, data.mask)
+    real = encode_pair(data.image, data.mask)
     fake = blurred_pairs(ellipse_pairs(128, 32, seed=1))
     from plugins.generators.vaegan import mismatched_pairs
 
@@ -465,7 +466,7 @@ def test_mismatched_pairs_do_not_collapse_d_when_fakes_look_real() -> None:
     from plugins.generators.vaegan import mismatched_pairs
 
     data, other = ellipse_pairs(128, 32, seed=0), ellipse_pairs(128, 32, seed=1)
-    real, fake = pair_to_input(data.image, data.mask), pair_to_input(other.image, other.mask)
+    real, fake = encode_pair(data.image, data.mask), encode_pair(other.image, other.mask)
     torch.manual_seed(0)
     gen = build("vaegan", size=32, d_channels=16, d_max_channels=64, diffaug="none", mismatch_weight=1.0)
     g = torch.Generator().manual_seed(0)

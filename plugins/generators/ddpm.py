@@ -71,7 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.nn.ema import EMA
+from toolkit.nn.ema import EMA, ema_or_net
+from toolkit.nn.optim import optimizer_step
+from toolkit.nn.pairs import decode_pair, encode_pair
 from toolkit.nn.rng import RandomSource
 from toolkit.plugin import Generator
 from toolkit.registry import GENERATORS
@@ -448,7 +450,7 @@ class DDPM(Generator):
     def _x0(self, batch: Batch) -> torch.Tensor:
         """What is diffused: image (+ mask mapped to [-1, 1] in joint mode)."""
         if self.mode == "joint":
-            return torch.cat([batch.image, batch.mask * 2.0 - 1.0], dim=1)
+            return encode_pair(batch.image, batch.mask)
         return batch.image
 
     def _net_input(self, x: torch.Tensor, cond_mask: torch.Tensor | None) -> torch.Tensor:
@@ -488,14 +490,9 @@ class DDPM(Generator):
         # Update: warm-up, clipping, EMA.
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip > 0:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip))
+        grad_norm = optimizer_step(self.optimizer, loss, ema=self.ema, net=self.net, grad_clip=self.grad_clip)
+        if grad_norm is not None:
             stats["grad_norm"] = grad_norm
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.net)
         stats.update(loss=loss.item(), image=l_image.item())
         return stats
 
@@ -536,7 +533,7 @@ class DDPM(Generator):
         """
         steps = self.sample_steps if steps is None else steps
         guidance = self.guidance if guidance is None else guidance
-        net = self.ema.module if self.ema is not None else self.net
+        net = ema_or_net(self.ema, self.net)
         start = time.perf_counter()
         if self.mode == "mask_conditioned" and masks is None:
             if self.mask_source is None:
@@ -556,9 +553,10 @@ class DDPM(Generator):
                       timesteps, prediction=self.prediction, solver=self.solver, eta=self.eta, clip=self.clip_x0,
                       generator=generator)
             x = x.float().cpu()
-            images.append(x[:, : self.spec.channels].clamp(-1.0, 1.0))
+            image, mask = decode_pair(x[:, : self.spec.channels], x[:, self.spec.channels:])  # no mask channel if given
+            images.append(image)
             if self.mode == "joint":
-                out_masks.append((x[:, self.spec.channels:] > 0).float())
+                out_masks.append(mask)
         image = torch.cat(images)
         mask = torch.cat(out_masks) if self.mode == "joint" else masks.cpu().float()
         self.last_sampling_seconds_per_100 = (time.perf_counter() - start) * 100.0 / max(1, n)

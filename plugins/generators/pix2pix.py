@@ -81,9 +81,11 @@ from toolkit.data.masks import DeformedMasks, mask_condition
 from toolkit.data.slices import SliceSet
 from toolkit.metrics.ssim import ms_ssim
 from toolkit.nn import losses
-from toolkit.nn.convvae import pair_to_input
+from toolkit.nn.consistency import FrozenSegmenter, consistency_loss
 from toolkit.nn.diffaug import DiffAugment
-from toolkit.nn.ema import EMA
+from toolkit.nn.ema import EMA, ema_or_net
+from toolkit.nn.optim import frozen, optimizer_step
+from toolkit.nn.pairs import encode_pair
 from toolkit.nn.patchgan import PatchGAN
 from toolkit.nn.rng import RandomSource
 from toolkit.nn.seg_loop import LoopStep, SegLoop, holdout_split
@@ -195,28 +197,6 @@ class MaskToImageUNet(nn.Module):
 
 
 # The frozen segmenter for segmentation consistency ---------------------------------------
-
-
-class FrozenSegmenter:
-    """A frozen U-Net, held outside ``nn.Module`` attributes so it is never trained.
-
-    ``Generator.modules()`` lists it as ``<attr>.module``, which the base class
-    keeps in eval mode (BatchNorm statistics never move); its parameters never
-    require grad, so gradients flow through it to the rendered image only.
-    ``state_dict`` carries its weights, so a resumed run uses the same network.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module.eval().requires_grad_(False)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.module(image)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
 
 
 def train_fallback_segmenter(train: SliceSet, steps: int, base_channels: int, device: torch.device) -> nn.Module:
@@ -369,59 +349,51 @@ class Pix2Pix(Generator):
         masks, conds = torch.cat(masks), torch.cat(conds)
         z = self.noise.randn(len(masks), self.z_dim)
         fake = self.render(self.generator_net, masks, z, conds)
-        fake_pairs = pair_to_input(fake, masks)
-        real_pairs = pair_to_input(batch.image, mask)
+        fake_pairs = encode_pair(fake, masks)
+        real_pairs = encode_pair(batch.image, mask)
 
         # 2. D step: real pairs against every rendering, all augmented.
-        self.discriminator.requires_grad_(True)
         with self.autocast():
-            (real_aug,) = self.augment(real_pairs)
-            (fake_aug,) = self.augment(fake_pairs.detach())
+            real_aug = self.augment(real_pairs)
+            fake_aug = self.augment(fake_pairs.detach())
             d_real = self.discriminator(real_aug)[0].float()
             d_fake = self.discriminator(fake_aug)[0].float()
         d_loss = losses.d_adv_loss(d_real, d_fake, self.adv_loss_kind)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
+        optimizer_step(self.opt_d, d_loss)
 
-        # 3. G step: adversarial + L1 (better rendering) + diversity (+ segmentation consistency), D frozen.
-        self.discriminator.requires_grad_(False)
-        with self.autocast():
-            (fake_aug,) = self.augment(fake_pairs)
-            d_gen = self.discriminator(fake_aug)[0].float()
-        l_adv = losses.g_adv_loss(d_gen, self.adv_loss_kind)
-        first, second = fake[:n], fake[n:2 * n]
-        l1_each = torch.stack([(first - batch.image).abs().flatten(1).mean(1),
-                               (second - batch.image).abs().flatten(1).mean(1)])  # [2, n]
-        l_l1 = l1_each.min(0).values.mean() if self.l1_mode == "best" else l1_each.mean()
-        image_distance = (first - second).abs().flatten(1).mean(1)
-        latent_distance = (z[:n] - z[n:2 * n]).abs().mean(1)
-        ratio = image_distance / latent_distance.clamp_min(1e-6)
-        l_div = -ratio.clamp(max=self.diversity_tau).mean()
-        loss = self.adv_weight * l_adv + self.l1_weight * l_l1 + self.diversity_weight * l_div
-        stats: dict[str, float] = {}
-        if self.segmenter is not None and self.seg_consistency_weight > 0:
-            # One rendering per real mask plus the source masks: the gland must be where the mask says.
-            seg_rows = torch.cat([torch.arange(n), torch.arange(2 * n, len(masks))]).to(self.device)
+        # 3. G step: adversarial + L1 (better rendering) + diversity (+ segmentation consistency), D fixed.
+        with frozen(self.discriminator):
             with self.autocast():
-                seg_logits = self.segmenter(fake[seg_rows])
-            l_seg = dice_bce_loss(seg_logits, masks[seg_rows])
-            loss = loss + self.seg_consistency_weight * l_seg
-            stats["g_seg"] = l_seg.item()
-        # 4. Segmentation in the loop, every seg_loop_every steps: the hypergradient joins G's gradient.
-        loop = self.loop_step(n) if self.seg_loop is not None and step % self.seg_loop_every == 0 else None
-        self.opt_g.zero_grad(set_to_none=True)
+                d_gen = self.discriminator(self.augment(fake_pairs))[0].float()
+            l_adv = losses.g_adv_loss(d_gen, self.adv_loss_kind)
+            first, second = fake[:n], fake[n:2 * n]
+            l1_each = torch.stack([(first - batch.image).abs().flatten(1).mean(1),
+                                   (second - batch.image).abs().flatten(1).mean(1)])  # [2, n]
+            l_l1 = l1_each.min(0).values.mean() if self.l1_mode == "best" else l1_each.mean()
+            image_distance = (first - second).abs().flatten(1).mean(1)
+            latent_distance = (z[:n] - z[n:2 * n]).abs().mean(1)
+            ratio = image_distance / latent_distance.clamp_min(1e-6)
+            l_div = -ratio.clamp(max=self.diversity_tau).mean()
+            loss = self.adv_weight * l_adv + self.l1_weight * l_l1 + self.diversity_weight * l_div
+            stats: dict[str, float] = {}
+            if self.segmenter is not None and self.seg_consistency_weight > 0:
+                # One rendering per real mask plus the source masks: the gland must be where the mask says.
+                seg_rows = torch.cat([torch.arange(n), torch.arange(2 * n, len(masks))]).to(self.device)
+                l_seg = consistency_loss(self.segmenter, fake[seg_rows], masks[seg_rows], self.autocast, dice_bce_loss)
+                loss = loss + self.seg_consistency_weight * l_seg
+                stats["g_seg"] = l_seg.item()
+            # 4. Segmentation in the loop, every seg_loop_every steps: the hypergradient joins G's gradient.
+            loop = self.loop_step(n) if self.seg_loop is not None and step % self.seg_loop_every == 0 else None
+            self.opt_g.zero_grad(set_to_none=True)
+            if loop is not None:
+                g_params = list(self.generator_net.parameters())
+                (self.seg_loop_weight * loop.hyper.surrogate).backward(inputs=g_params)
+                loop_norm = grad_norm(g_params)
+            optimizer_step(self.opt_g, loss, ema=self.ema, net=self.generator_net, zero_grad=False)  # onto the loop's
         if loop is not None:
-            g_params = list(self.generator_net.parameters())
-            (self.seg_loop_weight * loop.hyper.surrogate).backward(inputs=g_params)
-            loop_norm = grad_norm(g_params)
-        loss.backward()
-        if loop is not None:
-            # The loop's share of G's update: |loop gradient| / |total gradient| (above 1 when they oppose).
+            # The loop's share of G's update: |loop gradient| / |total gradient| (above 1 when they oppose;
+            # the step leaves the gradients as they were).
             loop_share = loop_norm / max(grad_norm(g_params), 1e-12)
-        self.opt_g.step()
-        if self.ema is not None:
-            self.ema.update(self.generator_net)
         stats.update(loss=loss.item(), d_loss=d_loss.item(), d_real=d_real.mean().item(),
                      d_fake=d_fake.mean().item(), g_adv=l_adv.item(), g_l1=l_l1.item(),
                      g_div=l_div.item(), same_mask_l1=image_distance.mean().item())
@@ -444,7 +416,7 @@ class Pix2Pix(Generator):
     # Sampling ------------------------------------------------------------------------------------
 
     def sampling_net(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.generator_net
+        return ema_or_net(self.ema, self.generator_net)
 
     @torch.no_grad()
     def sample(

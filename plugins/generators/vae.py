@@ -34,10 +34,11 @@ from toolkit.nn.convvae import (
     FittedPrior,
     decode_pairs,
     draw_latents,
-    pair_to_input,
     reparameterize,
 )
-from toolkit.nn.ema import EMA
+from toolkit.nn.ema import EMA, ema_or_net
+from toolkit.nn.optim import optimizer_step
+from toolkit.nn.pairs import encode_pair
 from toolkit.nn.rng import RandomSource
 from toolkit.plugin import Generator
 from toolkit.registry import GENERATORS
@@ -92,7 +93,7 @@ class VAE(Generator):
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         # Encode the pair, draw z, decode both channels.
         with self.autocast():
-            mu, logvar = self.encoder(pair_to_input(batch.image, batch.mask))
+            mu, logvar = self.encoder(encode_pair(batch.image, batch.mask))
             z = reparameterize(mu.float(), logvar.float(), self.noise.randn(*mu.shape))
             image, logits = self.decoder(z)
         self.latent_prior.update(mu, logvar)
@@ -102,12 +103,8 @@ class VAE(Generator):
         l_kl = losses.kl_per_pixel(mu.float(), logvar.float(), batch.image[0, 0].numel())
         kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
         loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
-        # Update.
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.decoder)
+        # Update (and the decoder's EMA).
+        optimizer_step(self.optimizer, loss, ema=self.ema, net=self.decoder)
         return {
             "loss": loss.item(), "image": l_image.item(), "mask_bce": l_bce.item(),
             "mask_dice": l_dice.item(), "kl": l_kl.item(), "kl_weight": kl_weight,
@@ -126,6 +123,5 @@ class VAE(Generator):
         generator: torch.Generator | None = None,
     ) -> Batch:
         """Decode ``n`` draws from the prior (latents drawn on the CPU with ``generator``)."""
-        decoder = self.ema.module if self.ema is not None else self.decoder
         z = self.draw_latents(torch.randn(n, self.z_dim, generator=generator))
-        return decode_pairs(decoder, z, self.device, self.autocast)
+        return decode_pairs(ema_or_net(self.ema, self.decoder), z, self.device, self.autocast)

@@ -68,17 +68,19 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from toolkit.nn import losses
+from toolkit.nn.consistency import bce_dice_loss, consistency_loss
 from toolkit.nn.convvae import (
     ConvDecoder,
     ConvEncoder,
     FittedPrior,
     decode_pairs,
     draw_latents,
-    pair_to_input,
     reparameterize,
 )
 from toolkit.nn.diffaug import DiffAugment
-from toolkit.nn.ema import EMA
+from toolkit.nn.ema import EMA, ema_or_net
+from toolkit.nn.optim import frozen, optimizer_step
+from toolkit.nn.pairs import encode_pair
 from toolkit.nn.patchgan import PatchGAN
 from toolkit.nn.rng import RandomSource
 from toolkit.nn.unet import UNet
@@ -96,7 +98,7 @@ def mismatched_pairs(real: torch.Tensor) -> torch.Tensor:
     """
     image, mask = real[:, :-1], real[:, -1:]
     other = mask.roll(shifts=max(1, len(real) // 2), dims=0)
-    keep = (mask.flatten(1).amax(1) > -1) | (other.flatten(1).amax(1) > -1)  # -1: background after pair_to_input
+    keep = (mask.flatten(1).amax(1) > -1) | (other.flatten(1).amax(1) > -1)  # -1: background after encode_pair
     return torch.cat([image, other], dim=1)[keep] if len(real) > 1 else real[:0]
 
 
@@ -198,7 +200,7 @@ class VAEGAN(Generator):
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n = len(batch)
-        real = pair_to_input(batch.image, batch.mask)
+        real = encode_pair(batch.image, batch.mask)
         use_gan = step >= self.adv_start_step
         # 1. Reconstructions and prior samples in one decoder pass.
         with self.autocast():
@@ -210,7 +212,7 @@ class VAEGAN(Generator):
                                              temperature=1.0)])  # the whole prior: temperature is for sampling
             image, logits = self.decoder(z)
         image, logits = image.float(), logits.float()
-        fake = pair_to_input(image, torch.sigmoid(logits))  # D sees mask probabilities
+        fake = encode_pair(image, torch.sigmoid(logits))  # D sees mask probabilities
         recon, prior = fake[:n], fake[n:]
 
         # 2. D step: real pairs against reconstructions and prior samples, all augmented.
@@ -220,62 +222,54 @@ class VAEGAN(Generator):
         if self.seg_weight > 0:  # from step 0, so S reads real glands by the time G is held to it
             stats.update(self.seg_step(batch))
 
-        # 3. G step: VAE loss + feature matching + adversarial, D frozen.
-        l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
-        l_bce, l_dice = losses.mask_loss(logits[:n], batch.mask)
-        l_kl = losses.kl_per_pixel(mu, logvar, batch.image[0, 0].numel())
-        kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
-        loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
-        if self.mask_tv_weight > 0:  # on reconstructions and prior samples alike
-            l_tv = losses.total_variation(torch.sigmoid(logits))
-            loss = loss + self.mask_tv_weight * l_tv
-            stats["mask_tv"] = l_tv.item()
-        if self.mask_area_weight > 0:  # holds the gland's size while the total variation smooths its outline
-            l_area = losses.mask_area_loss(torch.sigmoid(logits), batch.mask, paired=n)
-            loss = loss + self.mask_area_weight * l_area
-            stats["mask_area"] = l_area.item()
-        if use_gan:
-            self.discriminator.requires_grad_(False)
-            with self.autocast():
-                real_aug, recon_aug = self.augment(real, recon)  # same transform: features comparable
-                (prior_aug,) = self.augment(prior)
-                with torch.no_grad():
-                    _, f_real = self.discriminator(real_aug)
-                d_recon, f_recon = self.discriminator(recon_aug)
-                d_prior, _ = self.discriminator(prior_aug)
-            l_fm = losses.feature_matching_loss([f.float() for f in f_real], [f.float() for f in f_recon])
-            l_adv = 0.5 * (losses.g_adv_loss(d_recon.float(), self.adv_loss_kind)
-                           + losses.g_adv_loss(d_prior.float(), self.adv_loss_kind))
-            loss = loss + self.fm_weight * l_fm + self.adv_weight * l_adv
-            stats.update(g_fm=l_fm.item(), g_adv=l_adv.item())
-        if use_gan and self.seg_weight > 0:
-            # The image must show its own mask to a segmenter that learned from real pairs only; the
-            # mask is the target (detached), so the gradient changes the image, not the mask.
-            self.seg_net.requires_grad_(False)
-            with self.autocast():
-                s_logits = self.seg_net(image)
-            l_seg = sum(losses.mask_loss(s_logits.float(), torch.sigmoid(logits).detach()))
-            loss = loss + self.seg_weight * l_seg
-            stats["g_seg"] = l_seg.item()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        if self.ema is not None:
-            self.ema.update(self.decoder)
+        # 3. G step: VAE loss + feature matching + adversarial (+ segmentation consistency), D and S fixed.
+        with frozen(self.discriminator, self.seg_net if self.seg_weight > 0 else None):
+            l_image = losses.image_loss(image[:n], batch.image, self.image_loss_kind)
+            l_bce, l_dice = losses.mask_loss(logits[:n], batch.mask)
+            l_kl = losses.kl_per_pixel(mu, logvar, batch.image[0, 0].numel())
+            kl_weight = self.beta * losses.kl_warmup(step, self.kl_warmup_steps)
+            loss = self.image_weight * l_image + self.mask_weight * (l_bce + l_dice) + kl_weight * l_kl
+            if self.mask_tv_weight > 0:  # on reconstructions and prior samples alike
+                l_tv = losses.total_variation(torch.sigmoid(logits))
+                loss = loss + self.mask_tv_weight * l_tv
+                stats["mask_tv"] = l_tv.item()
+            if self.mask_area_weight > 0:  # holds the gland's size while the total variation smooths its outline
+                l_area = losses.mask_area_loss(torch.sigmoid(logits), batch.mask, paired=n)
+                loss = loss + self.mask_area_weight * l_area
+                stats["mask_area"] = l_area.item()
+            if use_gan:
+                with self.autocast():
+                    real_aug, recon_aug = self.augment.same(real, recon)  # same transform: features comparable
+                    prior_aug = self.augment(prior)
+                    with torch.no_grad():
+                        _, f_real = self.discriminator(real_aug)
+                    d_recon, f_recon = self.discriminator(recon_aug)
+                    d_prior, _ = self.discriminator(prior_aug)
+                l_fm = losses.feature_matching_loss([f.float() for f in f_real], [f.float() for f in f_recon])
+                l_adv = 0.5 * (losses.g_adv_loss(d_recon.float(), self.adv_loss_kind)
+                               + losses.g_adv_loss(d_prior.float(), self.adv_loss_kind))
+                loss = loss + self.fm_weight * l_fm + self.adv_weight * l_adv
+                stats.update(g_fm=l_fm.item(), g_adv=l_adv.item())
+            if use_gan and self.seg_weight > 0:
+                # The image must show its own mask to a segmenter that learned from real pairs only; the
+                # mask is the target (detached), so the gradient changes the image, not the mask.
+                l_seg = consistency_loss(self.seg_net, image, torch.sigmoid(logits), self.autocast)
+                loss = loss + self.seg_weight * l_seg
+                stats["g_seg"] = l_seg.item()
+            optimizer_step(self.opt_g, loss, ema=self.ema, net=self.decoder)
         stats.update(loss=loss.item(), image=l_image.item(), mask_bce=l_bce.item(), mask_dice=l_dice.item(),
                      kl=l_kl.item(), kl_weight=kl_weight)
         return stats
 
     def d_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """One update of D on real against fake D inputs (``pair_to_input`` pairs), both augmented.
+        """One update of D on real against fake D inputs (``encode_pair`` pairs), both augmented.
 
         Returns D's adversarial loss (hinge: 2 at chance, 0 once every patch
         is past the margin), its mean score on real and fake inputs and, with
         ``r1_gamma`` > 0, the R1 penalty.
         """
-        self.discriminator.requires_grad_(True)
-        (real_aug,) = self.augment(real)
-        (fake_aug,) = self.augment(fake)
+        real_aug = self.augment(real)
+        fake_aug = self.augment(fake)
         if self.r1_gamma > 0:
             real_aug = real_aug.detach().requires_grad_(True)
         with self.autocast():
@@ -286,7 +280,7 @@ class VAEGAN(Generator):
         if self.mismatch_weight > 0:
             mismatched = mismatched_pairs(real)
             if len(mismatched):
-                (mismatched,) = self.augment(mismatched)
+                mismatched = self.augment(mismatched)
                 with self.autocast():
                     d_mismatch = self.discriminator(mismatched)[0].float()
                 l_mismatch = losses.d_fake_loss(d_mismatch, self.adv_loss_kind)
@@ -300,20 +294,15 @@ class VAEGAN(Generator):
             r1 = losses.r1_penalty(d_real, real_aug)
             d_loss = d_loss + 0.5 * self.r1_gamma * r1
             stats["d_r1"] = r1.item()
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
+        optimizer_step(self.opt_d, d_loss)
         return stats
 
     def seg_step(self, batch: Batch) -> dict[str, float]:
         """One update of the consistency segmenter S on the real pairs of this batch (never on generated ones)."""
-        self.seg_net.requires_grad_(True)
         with self.autocast():
             s_logits = self.seg_net(batch.image)
-        s_loss = sum(losses.mask_loss(s_logits.float(), batch.mask))
-        self.opt_s.zero_grad(set_to_none=True)
-        s_loss.backward()
-        self.opt_s.step()
+        s_loss = bce_dice_loss(s_logits.float(), batch.mask)
+        optimizer_step(self.opt_s, s_loss)
         return {"s_loss": s_loss.item()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -340,6 +329,5 @@ class VAEGAN(Generator):
         generator: torch.Generator | None = None,
     ) -> Batch:
         """Decode ``n`` prior draws (latents drawn on the CPU with ``generator``), EMA decoder if kept."""
-        decoder = self.ema.module if self.ema is not None else self.decoder
         z = self.draw_latents(torch.randn(n, self.z_dim, generator=generator))
-        return decode_pairs(decoder, z, self.device, self.autocast)
+        return decode_pairs(ema_or_net(self.ema, self.decoder), z, self.device, self.autocast)

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from toolkit.nn.pairs import decode_pair
 from toolkit.types import Batch
 
 BOTTLENECK = 4  # side of the smallest feature map
@@ -130,11 +131,6 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) 
     return mu + torch.exp(0.5 * logvar) * noise
 
 
-def pair_to_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Stack image [-1, 1] and mask {0, 1} (or probabilities) as channels, mask mapped to [-1, 1]."""
-    return torch.cat([image, mask * 2.0 - 1.0], dim=1)
-
-
 class FittedPrior(nn.Module):
     """A full-covariance Gaussian fitted to the aggregate posterior, to sample from.
 
@@ -223,6 +219,7 @@ def decode_pairs(decoder: ConvDecoder, z: torch.Tensor, device: torch.device, au
     for part in z.split(chunk):
         with autocast():
             image, logits = decoder(part.to(device))
-        images.append(image.float().clamp(-1.0, 1.0).cpu())
-        masks.append((logits.float() > 0).float().cpu())
+        image, mask = decode_pair(image.float(), logits.float())
+        images.append(image.cpu())
+        masks.append(mask.cpu())
     return Batch(torch.cat(images), torch.cat(masks), None)

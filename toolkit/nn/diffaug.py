@@ -74,7 +74,15 @@ class DiffAugment:
         self.cutout_ratio = cutout_ratio
         self.rng = RandomSource(seed, device)
 
-    def __call__(self, *xs: torch.Tensor, mask_fill: float = -1.0) -> tuple[torch.Tensor, ...]:
+    def __call__(self, x: torch.Tensor, mask_fill: float = -1.0) -> torch.Tensor:
+        """Augment one ``[N, C, H, W]`` tensor (channels ``[:image_channels]`` are image): D's input.
+
+        The call shape of every augmentation of D's inputs (``toolkit.nn.ada.AdaptiveAugment`` too);
+        the input itself when the policy is empty. ``mask_fill`` as in :meth:`same`.
+        """
+        return self.same(x, mask_fill=mask_fill)[0]
+
+    def same(self, *xs: torch.Tensor, mask_fill: float = -1.0) -> tuple[torch.Tensor, ...]:
         """Augment each ``[N, C, H, W]`` tensor with the same random parameters.
 
         Passing a real batch and its reconstruction together gives both the

@@ -66,3 +66,8 @@ class EMA:
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])
+
+
+def ema_or_net(ema: EMA | None, net: nn.Module) -> nn.Module:
+    """The network to sample with: the EMA copy when one is kept, else ``net`` itself."""
+    return ema.module if ema is not None else net

@@ -94,7 +94,7 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 
 def nonsat_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating (logistic) loss of the discriminator (Goodfellow et al., 2014)."""
+    """Non-saturating (logistic) loss of the discriminator (Goodfellow et al., 2014; StyleGAN2's loss)."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
@@ -130,10 +130,10 @@ def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Ten
 
     ``real_input`` must require grad and ``real_logits`` come from it; the
     logits of a patch map are summed per sample, so the penalty is that of
-    the sum of the patch scores. Multiply by ``gamma / 2``.
+    the sum of the patch scores. Multiply by ``gamma / 2`` (and, for lazy R1 every k steps, by k).
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), real_input, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+    return grad.float().square().sum(dim=tuple(range(1, grad.dim()))).mean()
 
 
 def feature_matching_loss(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]) -> torch.Tensor:

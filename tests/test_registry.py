@@ -74,6 +74,8 @@ def test_plugin_dir_loads_good_and_reports_broken(tmp_path):
     try:
         load_plugin_dir(tmp_path)
         assert "dropped_good" in EVALUATORS
+        good = next(e for e in EVALUATORS.entries() if e.name == "dropped_good")
+        assert good.source == f"file {tmp_path / 'dropped_good.py'}"  # not "builtin": list names the file
         sources = [e.source for e in EVALUATORS.errors]
         assert any("dropped_broken.py" in s for s in sources)
         assert any("No module named 'no_such_module_anywhere'" in e.error for e in GENERATORS.errors)

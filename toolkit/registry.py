@@ -189,8 +189,13 @@ def load_plugin_dir(folder: str | Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
     for path in files:
         n_errors = len(GENERATORS.errors)
-        GENERATORS.load_file(path)
-        # One import serves both registries; mirror a failure into the other's report.
+        # One import serves both registries: an evaluator it registers is from this file too, not "builtin".
+        previous, EVALUATORS._current_source = EVALUATORS._current_source, f"file {path}"
+        try:
+            GENERATORS.load_file(path)
+        finally:
+            EVALUATORS._current_source = previous
+        # Mirror a failure into the other's report.
         if len(GENERATORS.errors) > n_errors:
             EVALUATORS.errors.append(GENERATORS.errors[-1])
     return files

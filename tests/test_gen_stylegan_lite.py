@@ -145,8 +145,8 @@ def test_integer_translation_and_flip_are_exact():
 
 def test_ema_ramps_up():
     gen, _ = build(ema_half_life_images=1000.0, ema_rampup=0.05)
-    early = gen.ema_beta(images_seen=32, batch_images=32)
-    late = gen.ema_beta(images_seen=1e6, batch_images=32)
+    early = gen.ema.decay_for(images_seen=32, batch_images=32)
+    late = gen.ema.decay_for(images_seen=1e6, batch_images=32)
     assert early < 1e-3  # the first steps copy G
     assert late == pytest.approx(0.5 ** (32 / 1000))
 

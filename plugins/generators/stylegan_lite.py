@@ -58,8 +58,10 @@ from torch import nn
 
 from toolkit.nn import losses
 from toolkit.nn.ada import ADA_OPS, AdaptiveAugment
+from toolkit.nn.condnorm import CondNorm
+from toolkit.nn.convvae import stage_channels
 from toolkit.nn.diffaug import DiffAugment
-from toolkit.nn.ema import EMA, ema_or_net
+from toolkit.nn.ema import RampedEMA, ema_or_net
 from toolkit.nn.optim import frozen, optimizer_step
 from toolkit.nn.pairs import decode_pair, encode_pair
 from toolkit.nn.rng import RandomSource
@@ -116,15 +118,10 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
-def stage_channels(image_size: int, channels: int, max_channels: int) -> dict[int, int]:
-    """Channels per resolution: ``channels`` at full resolution, doubled per halving, capped."""
-    if image_size < 8 or not math.log2(image_size).is_integer():
-        raise ValueError(f"stylegan_lite: image_size must be a power of two >= 8, got {image_size}")
-    out, res, c = {}, image_size, channels
-    while res >= 4:
-        out[res] = min(c, max_channels)
-        res, c = res // 2, c * 2
-    return out
+def channels_by_side(image_size: int, channels: int, max_channels: int) -> dict[int, int]:
+    """Channels per resolution, keyed by the side (``toolkit.nn.convvae.stage_channels``): ``channels`` at full
+    resolution, doubled per halving, capped, down to 4 x 4."""
+    return {image_size >> i: c for i, c in enumerate(stage_channels(image_size, channels, max_channels))}
 
 
 # Generator ----------------------------------------------------------------------------------
@@ -243,7 +240,7 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, image_size: int, out_channels: int, w_dim: int, channels: int, max_channels: int) -> None:
         super().__init__()
-        chans = stage_channels(image_size, channels, max_channels)
+        chans = channels_by_side(image_size, channels, max_channels)
         self.resolutions = sorted(chans)  # 4, 8, ..., image_size
         self.const = nn.Parameter(torch.randn(chans[4], 4, 4))
         blocks = []
@@ -330,7 +327,7 @@ class Discriminator(nn.Module):
     def __init__(self, in_channels: int, image_size: int, cond_dim: int, channels: int, max_channels: int,
                  mbstd_group: int = 4) -> None:
         super().__init__()
-        chans = stage_channels(image_size, channels, max_channels)
+        chans = channels_by_side(image_size, channels, max_channels)
         self.from_rgb = EqualConv2d(in_channels, chans[image_size], 1, activation=True)
         self.blocks = nn.Sequential(*[DBlock(chans[res], chans[res // 2]) for res in sorted(chans, reverse=True)
                                       if res > 4])
@@ -349,38 +346,6 @@ class Discriminator(nn.Module):
         h = self.fc(x.flatten(1))
         projection = (self.embed(cond.to(h.dtype)) * h).sum(dim=1, keepdim=True) / math.sqrt(self.feature_dim)
         return (self.out(h) + projection).squeeze(1)
-
-
-class RampedEMA(EMA):
-    """``toolkit.nn.ema.EMA`` whose decay is set by the owner before each update (no built-in warm-up).
-
-    StyleGAN2-ADA's ramp-up (the half-life grows with the images seen) replaces
-    EMA's ``(1 + n) / (10 + n)`` warm-up.
-    """
-
-    def current_decay(self) -> float:
-        return self.decay
-
-
-class CondNorm(nn.Module):
-    """Standardises condition vectors with the training set's mean and std (buffers, so checkpointed).
-
-    The gland area fraction varies by a few hundredths, the position by about
-    one; standardising gives both the same say in the embeddings.
-    """
-
-    def __init__(self, cond_dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(cond_dim))
-        self.register_buffer("std", torch.ones(cond_dim))
-
-    def fit(self, cond: torch.Tensor) -> None:
-        cond = cond.float().to(self.mean.device)
-        self.mean.copy_(cond.mean(dim=0))
-        self.std.copy_(cond.std(dim=0).nan_to_num(1.0).clamp_min(1e-3) if len(cond) > 1 else torch.ones_like(self.std))
-
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        return (cond.float().to(self.mean.device) - self.mean) / self.std
 
 
 # The plugin ---------------------------------------------------------------------------------
@@ -438,8 +403,6 @@ class StyleGANLite(Generator):
         self.r1_gamma = r1_gamma
         self.r1_every = r1_every
         self.style_mixing = style_mixing
-        self.ema_half_life_images = ema_half_life_images
-        self.ema_rampup = ema_rampup
         self.augment_kind = augment
         self.truncation_psi = truncation_psi
         self.image_channels = spec.channels
@@ -454,7 +417,7 @@ class StyleGANLite(Generator):
         ratio = r1_every / (r1_every + 1) if r1_gamma > 0 and r1_every > 0 else 1.0
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr_d * ratio,
                                       betas=(betas[0] ** ratio, betas[1] ** ratio), eps=1e-8)
-        self.ema = RampedEMA(self.g, 0.0) if ema_half_life_images > 0 else None
+        self.ema = RampedEMA(self.g, ema_half_life_images, ema_rampup) if ema_half_life_images > 0 else None
         # Own random sources: latents, noise inputs, mixing, augmentation; all checkpointed.
         self.noise = RandomSource(device=self.device)
         self.ada = AdaptiveAugment(spec.channels, ada_target, ada_interval, ada_speed_images, 0.0, ada_p_max,
@@ -510,13 +473,6 @@ class StyleGANLite(Generator):
             ws = torch.where(layer < cutoff.to(w.device).view(-1, 1, 1), ws, w2)
         return ws
 
-    def ema_beta(self, images_seen: float, batch_images: int) -> float:
-        """EMA decay per step: half-life ``ema_half_life_images``, at most ``ema_rampup`` x images seen."""
-        half_life = self.ema_half_life_images
-        if self.ema_rampup > 0:
-            half_life = min(half_life, images_seen * self.ema_rampup)
-        return 0.5 ** (batch_images / max(half_life, 1e-8))
-
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n = len(batch)
         if batch.cond is None:
@@ -564,7 +520,7 @@ class StyleGANLite(Generator):
         if self.ema is not None:
             world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
                 torch.distributed.is_initialized() else 1
-            self.ema.decay = self.ema_beta((step + 1) * n * world, n * world)
+            self.ema.ramp(images_seen=(step + 1) * n * world, batch_images=n * world)
         with frozen(self.d):
             with self.autocast():
                 d_gen = self.d(self.augment(fake), cond).float()

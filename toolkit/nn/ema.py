@@ -68,6 +68,41 @@ class EMA:
         self.decay = float(state["decay"])
 
 
+class RampedEMA(EMA):
+    """An EMA whose decay follows a half-life in training images with a ramp-up (StyleGAN2-ADA).
+
+    Per update of ``batch_images`` images the decay is ``0.5 ** (batch_images / half_life)``,
+    where the half-life is ``half_life_images`` but at most ``rampup`` x the images seen so far
+    (``rampup`` 0: no ramp-up): the first steps copy the network and the average lengthens as
+    training goes on. This replaces :class:`EMA`'s ``(1 + n) / (10 + n)`` warm-up. The owner calls
+    :meth:`ramp` before each :meth:`update`; the decay in use is in the ``state_dict``.
+
+    Args:
+        module: the network to track; it is deep-copied once.
+        half_life_images: the half-life of the average, in training images.
+        rampup: the ramp-up, as a fraction of the images seen.
+    """
+
+    def __init__(self, module: nn.Module, half_life_images: float, rampup: float = 0.05) -> None:
+        super().__init__(module, 0.0)
+        self.half_life_images = half_life_images
+        self.rampup = rampup
+
+    def decay_for(self, images_seen: float, batch_images: int) -> float:
+        """The decay per update of ``batch_images`` images once ``images_seen`` have been seen."""
+        half_life = self.half_life_images
+        if self.rampup > 0:
+            half_life = min(half_life, images_seen * self.rampup)
+        return 0.5 ** (batch_images / max(half_life, 1e-8))
+
+    def ramp(self, images_seen: float, batch_images: int) -> None:
+        """Set the decay of the next update (:meth:`decay_for`)."""
+        self.decay = self.decay_for(images_seen, batch_images)
+
+    def current_decay(self) -> float:
+        return self.decay
+
+
 def ema_or_net(ema: EMA | None, net: nn.Module) -> nn.Module:
     """The network to sample with: the EMA copy when one is kept, else ``net`` itself."""
     return ema.module if ema is not None else net

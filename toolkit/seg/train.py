@@ -9,9 +9,10 @@ on synthetic pairs. The number of optimizer steps is fixed by the config;
 ``Feed.images_per_step`` says how many images a step forwards, so an arm's
 compute is on record.
 
-The per-step pieces (:func:`lr_at`, :func:`draw_batch`, :func:`feed_loss`,
-:class:`Selection`) are shared with the grouped trainer in
-``toolkit.seg.batched``, so both run the same protocol call for call.
+There is one training loop, :func:`fit`: :func:`train_unet` runs it with one
+plain U-Net, ``toolkit.seg.grouped`` with K U-Nets as one grouped network.
+Only the :class:`Stack` differs (how the models are held, batched, scored and
+handed back), so the two paths cannot drift apart in the steps themselves.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from toolkit.data.augment import augment_level
 from toolkit.data.slices import SliceSet
@@ -241,6 +244,129 @@ def build_unet(config: SegSettings, channels: int = 1) -> UNet:
     return UNet(channels, 1, config.base_channels, config.depth, config.norm)
 
 
+class Stack(Protocol):
+    """The K U-Nets :func:`fit` trains: how they are held, batched, scored and handed back; the rest of the
+    loop is :func:`fit`'s, the same for one plain U-Net and for K in one grouped network."""
+
+    net: nn.Module  # what the optimizer steps and the batch goes through
+
+    def batch(self, batches: list[tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each model's (image, mask) batch -> the network's input and target."""
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to backpropagate, and each model's loss (float64 [K], on the CPU)."""
+
+    def validate(self, val: SliceSet, device: torch.device, amp_dtype: torch.dtype | None) -> list[float]:
+        """Each model's mean 3D Dice over the patients of ``val``."""
+
+    def states(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Copies of the current weights of models ``indices``, each as a plain UNet state dict."""
+
+    def models(self, states: list[dict[str, torch.Tensor]]) -> list[UNet]:
+        """One plain UNet per model holding ``states[i]``, in eval mode."""
+
+    def where(self, index: int) -> str:
+        """Model ``index`` in an error message."""
+
+
+def fit(stack: Stack, feeds: list[Feed], seeds: list[int], val: SliceSet, config: SegSettings,
+        device: torch.device, amp_dtype: torch.dtype | None, log: object | None = None) -> list[TrainResult]:
+    """The U-Net training loop: ``len(feeds)`` models held by ``stack``, model ``i`` fed by ``feeds[i]`` with
+    batches and augmentation drawn from its own generator seeded with ``seeds[i]`` (initial weights are the
+    caller's: ``torch.manual_seed(seed); build_unet(config)``). ``log``: optional callable(i, step, loss,
+    val_dice). Returns one TrainResult per model; ``seconds`` is its share of the loop's wall time."""
+    k = len(feeds)
+    optimizer = torch.optim.Adam(stack.net.parameters(), lr=config.lr)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    start = time.perf_counter()
+    selections = [Selection(config.patience) for _ in range(k)]
+    best_states: list[dict | None] = [None] * k
+    histories: list[list[tuple[int, float, float]]] = [[] for _ in range(k)]
+    steps_done = [0] * k
+    running = torch.zeros(k, dtype=torch.float64)
+    last_val = 0
+    for step in range(1, config.steps + 1):
+        # Each model draws and augments its own batch from its own generator.
+        batches = [draw_batch(feed, step, config, generator) for feed, generator in zip(feeds, generators)]
+        image, mask = stack.batch(batches, device)
+
+        # One optimizer step (of all models at once: each parameter reaches only its own model's loss).
+        stack.net.train()
+        set_lr(optimizer, lr_at(step, config))
+        with autocast(device, amp_dtype):
+            logits = stack.net(image)
+        loss, values = stack.loss(logits, mask)
+        if not torch.isfinite(values).all():
+            bad = int(torch.nonzero(~torch.isfinite(values))[0])
+            raise FloatingPointError(f"segmenter loss became {values[bad].item()} at step {step} "
+                                     f"({stack.where(bad)})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += values
+
+        # Validate on real patients; each model keeps its best state and stops when it no longer improves
+        # (a model that stopped keeps its state and history as of its stop; the others go on).
+        if is_validation_step(step, config):
+            val_dice = stack.validate(val, device, amp_dtype)
+            n_loss, last_val = step - last_val, step
+            improved = []
+            for i in range(k):
+                if selections[i].stopped:
+                    continue
+                steps_done[i] = step
+                histories[i].append((step, float(running[i]) / n_loss, val_dice[i]))
+                if log is not None:
+                    log(i, step, histories[i][-1][1], val_dice[i])
+                if selections[i].update(step, val_dice[i]):
+                    improved.append(i)
+            for i, state in zip(improved, stack.states(improved)):
+                best_states[i] = state
+            running.zero_()
+            if all(s.stopped for s in selections):
+                break
+    seconds = time.perf_counter() - start
+
+    models = stack.models(best_states)
+    return [TrainResult(models[i], selections[i].best_step, selections[i].best_dice, seconds / k, histories[i],
+                        steps_done=steps_done[i],
+                        images_seen=steps_done[i] * feeds[i].images_per_step(config.batch_size))
+            for i in range(k)]
+
+
+class _Single:
+    """One plain U-Net as a :class:`Stack` (the :func:`train_unet` path)."""
+
+    def __init__(self, model: UNet, feed: Feed, seed: int, config: SegSettings) -> None:
+        self.net, self.feed, self.seed, self.config = model, feed, seed, config
+
+    def batch(self, batches, device):
+        ((image, mask),) = batches
+        image, mask = image.to(device), mask.to(device)
+        if self.config.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, mask
+
+    def loss(self, logits, mask):
+        loss = feed_loss(logits, mask, self.feed, self.config.batch_size)
+        return loss, loss.detach().double().cpu().reshape(1)
+
+    def validate(self, val, device, amp_dtype):
+        return [volume_dice(self.net, val, device=device, amp_dtype=amp_dtype, channels_last=self.config.channels_last)]
+
+    def states(self, indices):
+        return [copy.deepcopy(self.net.state_dict()) for _ in indices]
+
+    def models(self, states):
+        self.net.load_state_dict(states[0])
+        self.net.eval()
+        return [self.net]
+
+    def where(self, index):
+        return f"seed {self.seed}"
+
+
 def train_unet(
     pools: Feed | list[Pool],
     val: SliceSet,
@@ -268,53 +394,9 @@ def train_unet(
     feed = Feed.of(pools)
     device = torch.device(device)
     amp_dtype = resolve_precision(config.precision, device)
-    torch.manual_seed(seed)  # initial weights
-    generator = torch.Generator().manual_seed(seed)  # batches and augmentation
+    torch.manual_seed(seed)  # initial weights (batches and augmentation: fit's generator, seeded the same)
     model = build_unet(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-
-    start = time.perf_counter()
-    selection = Selection(config.patience)
-    best_state = None
-    history: list[tuple[int, float, float]] = []
-    running, step, images_seen = 0.0, 0, 0
-    for step in range(1, config.steps + 1):
-        # Draw a batch from the feed and augment it.
-        image, mask = draw_batch(feed, step, config, generator)
-        image, mask = image.to(device), mask.to(device)
-        if config.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-
-        # One optimizer step.
-        model.train()
-        set_lr(optimizer, lr_at(step, config))
-        with autocast(device, amp_dtype):
-            logits = model(image)
-        loss = feed_loss(logits, mask, feed, config.batch_size)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"segmenter loss became {loss.item()} at step {step} (seed {seed})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running += loss.item()
-        images_seen += len(image)
-
-        # Validate on real patients; keep the best state; stop when it no longer improves.
-        if is_validation_step(step, config):
-            val_dice = volume_dice(model, val, device=device, amp_dtype=amp_dtype,
-                                   channels_last=config.channels_last)
-            n_loss = step - (history[-1][0] if history else 0)
-            history.append((step, running / n_loss, val_dice))
-            running = 0.0
-            if log is not None:
-                log(step, history[-1][1], val_dice)
-            if selection.update(step, val_dice):
-                best_state = copy.deepcopy(model.state_dict())
-            if selection.stopped:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, selection.best_step, selection.best_dice, time.perf_counter() - start, history,
-                       steps_done=step, images_seen=images_seen)
+    model_log = None if log is None else (lambda i, *args: log(*args))
+    return fit(_Single(model, feed, seed, config), [feed], [seed], val, config, device, amp_dtype, model_log)[0]

@@ -231,6 +231,7 @@ def _validity(folders: tuple[str, ...], mode: str | None, out: str | None, as_js
 
     from toolkit.rundir import RunError
     from toolkit.validity import (
+        MIN_CELLS,
         collect_cells,
         format_markdown,
         log_tensorboard,
@@ -243,9 +244,9 @@ def _validity(folders: tuple[str, ...], mode: str | None, out: str | None, as_js
         cells = collect_cells(folders, mode)
     except (RunError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    if len(cells) < 3:
+    if len(cells) < MIN_CELLS:
         raise click.ClickException(f"--validity: {len(cells)} scored cell(s) in {', '.join(folders)}; a rank "
-                                   "correlation needs at least 3 (benchmark folders, or runs with dice_gain results)")
+                                   f"correlation needs at least {MIN_CELLS} (benchmark folders, or runs with dice_gain results)")
     rows = metric_validity(cells)
     target = Path(out) if out else Path(folders[0]) / "validity"
     written = [*write_validity(target, rows, cells), *write_plots(target, rows, cells)]

@@ -48,6 +48,11 @@ def test_leaderboard_files_hold_every_generator_and_the_baseline(bench):
     steps = data["meta"]["train_steps"]  # the budget line names the profile's steps, whichever row ranks first
     assert isinstance(steps, int) and steps > 0 and f"every generator trained {steps} steps" in md
     assert (d / "plots" / "gain_n2_r1.png").is_file()
+    # Which cheap metric predicts the gain: 4 cells at one augmentation level, so a table with its files.
+    assert "## Which cheap metric predicts the gain" in md and "### seg.augment standard (4 cells)" in md
+    assert "label_fidelity_dice" in md.split("## Which cheap metric")[1]
+    assert data["meta"]["validity"] == {"standard": {"cells": 4, "folder": "validity/standard"}}
+    assert (d / "validity" / "standard" / "validity.csv").is_file()
 
 
 def test_leaderboard_shows_budgets_throughput_and_quality_columns(bench):

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 MIN_GENERATORS = 4
+#: Fewest cells a rank correlation is computed over.
+MIN_CELLS = 3
 # Quality metrics read from every evaluator's values (shell patterns); their CIs, Ns and stds are not metrics.
 METRIC_PATTERNS = ("label_fidelity_dice", "label_fidelity_slice_dice", "dice_tstr", "tstr_gap", "fid_inception",
                    "fd_*", "kid_*", "frd_*", "precision_*", "recall_*", "density_*", "coverage_*", "msssim_gap",

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import validity
 from toolkit.io import atomic_write, read_checked, read_json
 from toolkit.rundir import RunDir, RunError
 from toolkit.seg.stats import variance_components, wilcoxon_p
@@ -302,7 +303,9 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
                               for n in plan.regimes},
             "kendall_tau": kendall_tau(rows), "git_commit": _git_commit()}
     meta["plots"] = write_plots(bench, rows, plan)
-    atomic_write(bench / "leaderboard.md", format_markdown(rows, meta))
+    tables = validity_tables(bench, cells)
+    meta["validity"] = {level: {"cells": n, "folder": f"validity/{level}"} for level, (n, _) in tables.items()}
+    atomic_write(bench / "leaderboard.md", format_markdown(rows, meta) + validity_markdown(tables))
     atomic_write(bench / "leaderboard.json", json.dumps({"meta": meta, "rows": rows}, indent=2, default=float))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -310,6 +313,38 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
     writer.writerows(rows)
     atomic_write(bench / "leaderboard.csv", table.getvalue())
     return rows
+
+
+def validity_tables(bench: Path, cells: list) -> dict[str, tuple[int, str]]:
+    """Which cheap metric predicts the gain, over this benchmark's scored cells: per segmenter augmentation level
+    (one level's gains are comparable; another level moves every gain at once), where it has at least
+    :data:`toolkit.validity.MIN_CELLS` cells. Writes ``validity/<level>/`` (table, points, scatters); returns
+    level -> (cells, markdown table)."""
+    names = {c.name for c in cells}
+    scored = [c for c in validity.collect_cells([bench]) if c.name in names]
+    tables = {}
+    for level in sorted({str(c.factors.get("seg_augment")) for c in scored}):
+        subset = [c for c in scored if str(c.factors.get("seg_augment")) == level]
+        if len(subset) < validity.MIN_CELLS:
+            continue
+        rows = validity.metric_validity(subset)
+        validity.write_validity(bench / "validity" / level, rows, subset)
+        validity.write_plots(bench / "validity" / level, rows, subset)
+        tables[level] = (len(subset), validity.format_markdown(rows))
+    return tables
+
+
+def validity_markdown(tables: dict[str, tuple[int, str]]) -> str:
+    if not tables:
+        return (f"\n## Which cheap metric predicts the gain\n\nFewer than {validity.MIN_CELLS} scored cells per "
+                "augmentation level: no rank correlation (add draws, seeds or budgets).\n")
+    parts = ["\n## Which cheap metric predicts the gain\n\nRank correlation of each quality metric with the primary "
+             "mode's gain over this benchmark's cells (95% bootstrap CIs over cells; * a CI that excludes 0; the "
+             "sign is raw, so a lower-is-better metric that predicts the gain has a negative tau). Files, "
+             "scatters: `validity/<level>/`; across benchmarks: `python cli.py leaderboard --validity FOLDERS`.\n"]
+    for level, (n, table) in tables.items():
+        parts.append(f"\n### seg.augment {level} ({n} cells)\n\n{table}")
+    return "".join(parts)
 
 
 #: What ``gain_vs_budget`` and its companions draw against the generator's budget: column -> (file stem, y label).

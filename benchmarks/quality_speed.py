@@ -35,6 +35,8 @@ from toolkit.metrics.extractors import random_extractor  # noqa: E402
 from toolkit.metrics.frechet import frechet_distance_features  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
 from toolkit.registry import EVALUATORS  # noqa: E402
+from toolkit.seg.baseline import BaselineStore  # noqa: E402
+from toolkit.settings import SegSettings  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "quality_speed.md"
 
@@ -86,11 +88,13 @@ def main() -> None:
     rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         n = args.n
+        train, val = slices(blobs(n, args.size, 1), "train"), slices(blobs(n // 4, args.size, 2), "val")
+        device, cache, seg = torch.device("cpu"), Path(tmp) / "cache", SegSettings()
         ctx = EvalContext(
-            train=slices(blobs(n, args.size, 1), "train"), val=slices(blobs(n // 4, args.size, 2), "val"),
+            train=train, val=val,
             test=slices(blobs(8, args.size, 3), "test"), synthetic=slices(blobs(n, args.size, 4), "synthetic"),
-            device=torch.device("cpu"), run_dir=Path(tmp) / "run", cache_dir=Path(tmp) / "cache",
-            data_fingerprint="benchmark", seed=0,
+            device=device, run_dir=Path(tmp) / "run", cache_dir=cache, data_fingerprint="benchmark",
+            baselines=BaselineStore(train, val, "benchmark", seg, device, cache), seg=seg, seed=0,
         )
         # Every quality evaluator with its defaults, on random features, cold cache.
         settings = {"fd": {"features": "random"}, "prdc": {"features": "random"},

@@ -40,6 +40,7 @@ from toolkit.data.slices import SliceSet  # noqa: E402
 from toolkit.experiment import build_evaluators, prepare_data  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
 from toolkit.report import environment  # noqa: E402
+from toolkit.seg.baseline import BaselineStore  # noqa: E402
 
 DESIGNS = {
     "before": ["split.train_pool=null", "split.test_patients=8"],
@@ -48,9 +49,11 @@ DESIGNS = {
 
 
 def evaluate(config, data, synthetic, cache: Path, run_dir: Path, controls: list[str]) -> tuple[dict, float]:
-    ctx = EvalContext(train=data.train, val=data.val, test=data.test, synthetic=synthetic, device=torch.device("cpu"),
-                      run_dir=run_dir, cache_dir=cache, data_fingerprint=data.fingerprint, seg=config.seg,
-                      extra=data.extra)
+    device = torch.device("cpu")
+    store = BaselineStore(data.train, data.val, data.fingerprint, config.seg, device, cache)
+    ctx = EvalContext(train=data.train, val=data.val, test=data.test, synthetic=synthetic, device=device,
+                      run_dir=run_dir, cache_dir=cache, data_fingerprint=data.fingerprint, baselines=store,
+                      seg=config.seg, extra=data.extra)
     evaluator = build_evaluators(config.replace({"evaluators.dice_gain.controls": controls}), ["dice_gain"])
     start = time.perf_counter()
     metrics = evaluator["dice_gain"].evaluate(ctx)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from toolkit.data.slices import SliceSet  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
 from toolkit.registry import EVALUATORS  # noqa: E402
+from toolkit.seg.baseline import BaselineStore  # noqa: E402
 from toolkit.settings import SegSettings  # noqa: E402
 
 
@@ -76,10 +77,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("cold cache (trains the baselines)", "warm cache (baselines from disk)"):
-            ctx = EvalContext(train=train, val=stand_in(4, 2, "val"), test=stand_in(8, 3, "test"),
-                              synthetic=synthetic, device=torch.device("cpu"), run_dir=Path(tmp) / "run",
-                              cache_dir=Path(tmp) / "cache", data_fingerprint="stand-in",
-                              seg=SegSettings(steps=args.steps, threads=args.threads))
+            val, device, cache = stand_in(4, 2, "val"), torch.device("cpu"), Path(tmp) / "cache"
+            seg = SegSettings(steps=args.steps, threads=args.threads)
+            ctx = EvalContext(train=train, val=val, test=stand_in(8, 3, "test"),
+                              synthetic=synthetic, device=device, run_dir=Path(tmp) / "run",
+                              cache_dir=cache, data_fingerprint="stand-in",
+                              baselines=BaselineStore(train, val, "stand-in", seg, device, cache), seg=seg)
             evaluator = EVALUATORS.get("dice_gain")(seeds=args.seeds, controls=tuple(controls))
             load = os.getloadavg()[0]
             start = time.perf_counter()

@@ -30,6 +30,7 @@ from toolkit.config import resolve  # noqa: E402
 from toolkit.data.slices import SliceSet  # noqa: E402
 from toolkit.experiment import build_evaluators, prepare_data  # noqa: E402
 from toolkit.plugin import EvalContext  # noqa: E402
+from toolkit.seg.baseline import BaselineStore  # noqa: E402
 
 
 def noise_like(train: SliceSet, seed: int = 0) -> SliceSet:
@@ -58,9 +59,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, synthetic in (("oracle", oracle), ("noise", noise_like(data.train))):
+            device, cache = torch.device("cpu"), Path(tmp) / "cache"
             ctx = EvalContext(train=data.train, val=data.val, test=data.test, synthetic=synthetic,
-                              device=torch.device("cpu"), run_dir=Path(tmp) / name, cache_dir=Path(tmp) / "cache",
-                              data_fingerprint=data.fingerprint, seg=config.seg)
+                              device=device, run_dir=Path(tmp) / name, cache_dir=cache,
+                              data_fingerprint=data.fingerprint,
+                              baselines=BaselineStore(data.train, data.val, data.fingerprint, config.seg, device,
+                                                      cache),
+                              seg=config.seg)
             start = time.perf_counter()
             m = build_evaluators(config)["dice_gain"].evaluate(ctx)
             rows.append((name, m, time.perf_counter() - start))

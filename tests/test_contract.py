@@ -6,6 +6,7 @@ needed for the contract (timm's test_models idiom).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -18,8 +19,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tests.conftest import TINY_SEG, make_slices
 from toolkit.data.masks import DeformedMasks
 from toolkit.data.slices import SliceSet
-from toolkit.plugin import EvalContext, TrainContext
+from toolkit.plugin import Baselines, EvalContext, TrainContext
 from toolkit.registry import EVALUATORS, GENERATORS
+from toolkit.seg.baseline import BaselineStore
 from toolkit.settings import TrainSettings
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.loop import resume_state, train_generator
@@ -182,10 +184,12 @@ def tiny_context(tmp_path: Path, writer=None) -> EvalContext:
     synthetic = make_slices(n_patients=2, slices_per_patient=6, size=SIZE, seed=2)
     synthetic = SliceSet(synthetic.images, synthetic.masks, synthetic.cond,
                          np.full(len(synthetic), "synthetic"), np.arange(len(synthetic)))
+    train, val = real.of_patients(patients[:2]), real.of_patients(patients[2:4])
+    device, cache = torch.device("cpu"), tmp_path / "cache"
     return EvalContext(
-        train=real.of_patients(patients[:2]), val=real.of_patients(patients[2:4]),
-        test=real.of_patients(patients[4:]), synthetic=synthetic, device=torch.device("cpu"),
-        run_dir=tmp_path, cache_dir=tmp_path / "cache", data_fingerprint="contract-test", seg=TINY_SEG, seed=0,
+        train=train, val=val, test=real.of_patients(patients[4:]), synthetic=synthetic, device=device,
+        run_dir=tmp_path, cache_dir=cache, data_fingerprint="contract-test",
+        baselines=BaselineStore(train, val, "contract-test", TINY_SEG, device, cache), seg=TINY_SEG, seed=0,
         writer=writer,
     )
 
@@ -208,3 +212,13 @@ def test_evaluator_contract(name, tmp_path):
     again = cls(**cls.tiny).evaluate(tiny_context(tmp_path / "b"))
     declared = {k: first[k] for k in evaluator.metrics}
     assert {k: again[k] for k in evaluator.metrics} == declared, "same data and seed must give the same metrics"
+
+
+def test_the_baseline_store_is_what_evaluators_expect_of_ctx_baselines(tmp_path):
+    """BaselineStore has every method of the Baselines protocol, with the protocol's parameters."""
+    data = make_slices(n_patients=2, slices_per_patient=2, size=SIZE)
+    store = BaselineStore(data, data, "protocol", TINY_SEG, "cpu", tmp_path)
+    assert isinstance(store, Baselines)
+    for name in ("get", "model", "missing", "job", "add"):
+        expected = inspect.signature(getattr(Baselines, name))
+        assert inspect.signature(getattr(BaselineStore, name)) == expected, name

@@ -15,6 +15,7 @@ from tests.conftest import TINY_SEG
 from toolkit.data.slices import SliceSet
 from toolkit.plugin import EvalContext
 from toolkit.registry import EVALUATORS
+from toolkit.seg.baseline import BaselineStore
 from toolkit.settings import SegSettings
 
 SIZE = 32
@@ -70,15 +71,18 @@ def as_synthetic(s: SliceSet) -> SliceSet:
 def make_ctx(tmp_path: Path, synthetic: SliceSet, cache: Path | None = None, writer=None,
              seg: SegSettings = TINY_SEG) -> EvalContext:
     train = ellipse_patients(3, seed=1, prefix="train")
+    val = ellipse_patients(2, seed=2, prefix="val")
+    device, cache = torch.device("cpu"), cache or tmp_path / "cache"
     return EvalContext(
         train=train,
-        val=ellipse_patients(2, seed=2, prefix="val"),
+        val=val,
         test=ellipse_patients(4, seed=3, prefix="test"),
         synthetic=synthetic,
-        device=torch.device("cpu"),
+        device=device,
         run_dir=tmp_path / "run",
-        cache_dir=cache or tmp_path / "cache",
+        cache_dir=cache,
         data_fingerprint="ellipses-v1",
+        baselines=BaselineStore(train, val, "ellipses-v1", seg, device, cache),
         seg=seg,
         writer=writer,
     )

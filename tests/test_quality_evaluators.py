@@ -22,6 +22,7 @@ from toolkit.metrics.extractors import (
 from toolkit.metrics.features import real_features
 from toolkit.plugin import EvalContext
 from toolkit.registry import EVALUATORS
+from toolkit.seg.baseline import BaselineStore
 
 
 def blob_images(n: int, size: int = 32, seed: int = 0, noise: float = 0.05) -> np.ndarray:
@@ -54,10 +55,12 @@ def make_ctx(tmp_path: Path, synthetic: np.ndarray, n_real: int = 48, size: int 
     train = slice_set(blob_images(n_real, size, seed=1), name="train")
     val = slice_set(blob_images(n_real // 2, size, seed=2), name="val")
     test = slice_set(blob_images(n_real // 2, size, seed=3), name="test")
+    device, cache = torch.device("cpu"), tmp_path / "cache"
     return EvalContext(
         train=train, val=val, test=test, synthetic=slice_set(synthetic, name="synthetic"),
-        device=torch.device("cpu"), run_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-        data_fingerprint="blobs-v1", seg=TINY_SEG, seed=0, writer=writer,
+        device=device, run_dir=tmp_path / "run", cache_dir=cache, data_fingerprint="blobs-v1",
+        baselines=BaselineStore(train, val, "blobs-v1", TINY_SEG, device, cache), seg=TINY_SEG, seed=0,
+        writer=writer,
     )
 
 

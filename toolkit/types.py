@@ -27,6 +27,9 @@ class DataSpec:
 class Batch:
     """A batch of (image, mask[, cond]) pairs.
 
+    Where its tensors live depends on the call: ``Generator.train_step`` gets them on the generator's
+    device, ``Generator.sample`` returns them on the CPU (the rules are in ``toolkit.plugin``).
+
     Attributes:
         image: float tensor [N, C, H, W] in [-1, 1].
         mask: float tensor [N, 1, H, W] with values in {0, 1}.

@@ -21,7 +21,7 @@ class GeneratorContractError(ValueError):
 
 def check_sample(name: str, out: object, n: int, data_shape: tuple[int, ...], cond_dim: int,
                  given_masks: torch.Tensor | None = None) -> None:
-    """Raise GeneratorContractError unless ``out`` is what ``sample(n, ...)`` must return (docs/plugins.md).
+    """Raise GeneratorContractError unless ``out`` is what ``sample(n, ...)`` must return (toolkit.plugin).
 
     ``n`` pairs; images [n, C, H, W] of the data's channels and size, finite, in [-1, 1]; masks [n, 1, H, W]
     holding only 0 and 1 (exactly the given masks, for a mask-to-image generator); a condition of
@@ -29,8 +29,8 @@ def check_sample(name: str, out: object, n: int, data_shape: tuple[int, ...], co
     """
     def breach(what: str) -> GeneratorContractError:
         return GeneratorContractError(f"generator '{name}': sample() {what}. Fix the generator's sample() "
-                                      "(the contract is in docs/plugins.md); the checkpoint is kept, so "
-                                      "`run --resume` samples again once it is fixed")
+                                      "(the contract is Generator.sample in toolkit/plugin.py); the checkpoint "
+                                      "is kept, so `run --resume` samples again once it is fixed")
 
     channels, height, width = data_shape
     if not isinstance(out, Batch):

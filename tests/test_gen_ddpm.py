@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,14 +139,16 @@ def test_joint_losses_decrease_on_tiny_data() -> None:
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5]), losses
 
 
-def test_eps_prediction_trains_and_samples_in_range() -> None:
+def test_eps_prediction_trains_and_samples_in_range(monkeypatch) -> None:
     gen = build(prediction="eps")
     gen.train_step(batch(), 0)
     gen.eval()
+    clock = iter([10.0, 16.0])  # sample() reads the clock when it starts and when it ends: 6 s for 3 pairs
+    monkeypatch.setattr("plugins.generators.ddpm.time", SimpleNamespace(perf_counter=lambda: next(clock)))
     out = gen.sample(3, generator=torch.Generator().manual_seed(0))
     assert out.image.min() >= -1 and out.image.max() <= 1
     assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
-    assert gen.last_sampling_seconds_per_100 is not None and gen.last_sampling_seconds_per_100 > 0
+    assert gen.last_sampling_seconds_per_100 == pytest.approx(6.0 * 100 / 3)
 
 
 def test_bad_settings_fail_early() -> None:
@@ -201,14 +204,14 @@ def test_mask_conditioned_state_round_trip_is_exact() -> None:
 class RecordingWriter:
     def __init__(self) -> None:
         self.images: list[str] = []
-        self.scalars: list[str] = []
+        self.scalars: dict[str, float] = {}
 
     def add_image(self, tag, image, step) -> None:
         assert image.shape[0] == 3
         self.images.append(tag)
 
     def add_scalar(self, tag, value, step) -> None:
-        self.scalars.append(tag)
+        self.scalars[tag] = value
 
 
 @pytest.mark.parametrize("mode", ["joint", "mask_conditioned"])
@@ -217,8 +220,11 @@ def test_log_visuals_writes_a_grid_per_step_count(mode: str) -> None:
     gen.train_step(batch(), 0)
     gen.eval()
     writer = RecordingWriter()
+    gen.last_sampling_seconds_per_100 = 1.5  # as the core's own sampling left it
     with torch.no_grad():
         gen.log_visuals(writer, 1)
     expected = [f"ddpm/samples_{k:03d}_steps" for k in DDPM.tiny["visual_steps"]]
     assert writer.images[: len(expected)] == expected
     assert ("ddpm/samples_no_guidance" in writer.images) == (mode == "mask_conditioned")
+    assert set(writer.scalars) == {f"ddpm/sampling_seconds_per_100_{k:03d}_steps" for k in DDPM.tiny["visual_steps"]}
+    assert gen.last_sampling_seconds_per_100 == 1.5  # the visuals' timings are not the figure of record

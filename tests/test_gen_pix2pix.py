@@ -161,14 +161,29 @@ class RecordingWriter:
 
 
 def test_log_visuals_writes_the_renderings_grid_and_diversity(data):
-    gen = build(data, seg_consistency_weight=1.0, visual_masks=3, visual_renderings=4)
+    from toolkit.metrics.ssim import ms_ssim
+    from toolkit.seg.metrics import dice
+
+    bright = torch.nn.Conv2d(1, 1, 1)  # a segmenter whose answer varies per rendering: pixels above 0.85 are gland
+    torch.nn.init.constant_(bright.weight, 10.0)
+    torch.nn.init.constant_(bright.bias, -8.5)
+    gen = build(data, segmenter=lambda: bright, seg_consistency_weight=1.0, visual_masks=3, visual_renderings=4)
     train(gen, data, 1)
     writer = RecordingWriter()
     gen.eval()
     with torch.no_grad():
         gen.log_visuals(writer, 1)
-    assert writer.scalars["pix2pix/same_mask_1_minus_msssim"] > 0
-    assert 0 <= writer.scalars["pix2pix/segmenter_dice_on_renderings"] <= 1
+        # The same masks and latents at every step (seed 12345): 3 masks, 4 renderings each.
+        g = torch.Generator().manual_seed(12345)
+        masks, cond = gen.mask_source.draw(3, g)
+        images = gen.renderings(masks, cond, 4, g)
+        pred = (gen.segmenter(images.flatten(0, 1)) > 0).numpy()
+    # Diversity: 1 - MS-SSIM averaged over the 6 pairs of renderings of each mask, then over the masks.
+    pairs = [1 - float(ms_ssim(images[m, i:i + 1], images[m, j:j + 1])) for m in range(3)
+             for i in range(4) for j in range(i + 1, 4)]
+    assert writer.scalars["pix2pix/same_mask_1_minus_msssim"] == pytest.approx(np.mean(pairs), rel=1e-5)
+    assert writer.scalars["pix2pix/segmenter_dice_on_renderings"] == pytest.approx(
+        dice(pred, masks.repeat_interleave(4, 0).numpy()), abs=2e-3)  # pooled over the 12 renderings (+1 smoothed)
     grid = writer.images["pix2pix/mask_to_renderings"]
     assert grid.shape[0] == 3 and grid.shape[1] == 3 * (SIZE + 2) + 2 and grid.shape[2] == 5 * (SIZE + 2) + 2
 

@@ -18,6 +18,7 @@ from tests.conftest import make_slices
 from toolkit.plugin import TrainContext
 from toolkit.registry import GENERATORS
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.sampling import make_sampler
 from toolkit.types import Batch, DataSpec
 
 SIZE = 32
@@ -39,9 +40,19 @@ def build(size: int = SIZE, data=None, **overrides):
     return gen, data
 
 
-def test_registered_as_conditional():
-    cls = GENERATORS.get("stylegan_lite")
-    assert cls.conditional and not cls.needs_masks
+def test_the_core_feeds_it_training_conditions_and_no_masks():
+    """Conditional, not mask-to-image: the core's sampler passes the drawn training rows' conditions, masks None."""
+    torch.manual_seed(0)
+    gen, data = build()
+    seen = []
+    sample = gen.sample
+    gen.sample = lambda n, cond=None, masks=None, generator=None: seen.append((cond, masks)) or sample(
+        n, cond=cond, masks=masks, generator=generator)
+    out = make_sampler(gen, data)(5, torch.Generator().manual_seed(7))
+    rows = torch.randint(len(data), (5,), generator=torch.Generator().manual_seed(7))  # the sampler's first draw
+    (cond, masks), = seen
+    assert masks is None and cond is not None and torch.equal(cond, torch.from_numpy(data.cond)[rows])
+    assert torch.equal(out.cond, cond)
 
 
 def test_condition_reaches_mapping_and_discriminator():
@@ -144,11 +155,21 @@ def test_integer_translation_and_flip_are_exact():
 
 
 def test_ema_ramps_up():
-    gen, _ = build(ema_half_life_images=1000.0, ema_rampup=0.05)
-    early = gen.ema.decay_for(images_seen=32, batch_images=32)
-    late = gen.ema.decay_for(images_seen=1e6, batch_images=32)
-    assert early < 1e-3  # the first steps copy G
-    assert late == pytest.approx(0.5 ** (32 / 1000))
+    gen, data = build(ema_half_life_images=1000.0, ema_rampup=0.05)
+    # Half-life min(1000, 0.05 x images seen) images; decay 0.5 ** (batch / half-life).
+    assert gen.ema.decay_for(images_seen=32, batch_images=32) == pytest.approx(0.5 ** (32 / 1.6))  # ~1e-6: copies G
+    assert gen.ema.decay_for(images_seen=1e6, batch_images=32) == pytest.approx(0.5 ** (32 / 1000))
+    # Each train_step ramps with the images seen so far, then averages G with that decay.
+    torch.manual_seed(0)
+    gen, _ = build(data=data, ema_half_life_images=40.0, ema_rampup=0.5)
+    batch = data.to_batch(np.arange(8))
+    for step, half_life in enumerate((4.0, 8.0, 12.0)):  # min(40, 0.5 x 8 (step + 1))
+        before = [p.detach().clone() for p in gen.ema.module.parameters()]
+        gen.train_step(batch, step)
+        d = 0.5 ** (8 / half_life)
+        assert gen.ema.decay == pytest.approx(d)
+        for avg, old, new in zip(gen.ema.module.parameters(), before, gen.g.parameters()):
+            torch.testing.assert_close(avg, old * d + new.detach() * (1 - d), rtol=1e-6, atol=1e-6)
 
 
 def test_sampling_without_cond_uses_training_conditions():
@@ -174,12 +195,16 @@ def test_truncation_pulls_samples_together():
 
 
 def test_diffaug_and_no_augmentation_train():
-    torch.manual_seed(0)
-    for kind in ("diffaug", "none"):
-        gen, data = build(augment=kind)
+    # ada_target -1.5 sits below every r_t, so under ADA p climbs by 8 / ada_speed_images (20) each step.
+    x = torch.rand(4, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for kind, p in (("ada", 0.4), ("diffaug", 0.0), ("none", 0.0)):
+        torch.manual_seed(0)
+        gen, data = build(augment=kind, ada_target=-1.5)
         stats = gen.train_step(data.to_batch(np.arange(8)), 0)
         assert np.isfinite(list(stats.values())).all()
-        assert gen.ada.p == 0.0  # p only moves under ADA
+        assert gen.ada.p == pytest.approx(p) and stats["ada_p"] == gen.ada.p, kind  # p only moves under ADA
+        if kind != "ada":
+            assert torch.equal(gen.augment(x), x) == (kind == "none"), kind  # D's input: DiffAugment, or as is
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -176,18 +176,32 @@ def test_diffaug_color_leaves_masks_alone_and_is_differentiable() -> None:
     assert same is x
 
 
-def test_ema_tracks_weights_and_round_trips() -> None:
-    net = torch.nn.Linear(3, 2)
-    ema = EMA(net, decay=0.5)
-    with torch.no_grad():
-        net.weight.add_(1.0)
-    before = ema.module.weight.clone()
-    ema.update(net)
-    assert not torch.equal(ema.module.weight, before)
-    assert not ema.module.weight.requires_grad
-    copy = EMA(torch.nn.Linear(3, 2), decay=0.9)
+def test_ema_warm_up_average_buffers_and_round_trip() -> None:
+    """Exact values: decay min(decay, (1 + n) / (10 + n)) after n updates, avg = old * d + new * (1 - d); buffers copied."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, decay=0.15)
+    avg = [p.detach().clone() for p in net.parameters()]  # the copy starts as the network
+    for n, shift in enumerate((1.0, -2.0)):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(shift)
+        net(torch.randn(8, 3))  # train mode: moves BatchNorm's running statistics (buffers)
+        d = min(0.15, (1 + n) / (10 + n))  # 1/10 (warm-up), then 0.15 (the cap; the warm-up would give 2/11)
+        assert ema.current_decay() == pytest.approx(d)
+        ema.update(net)
+        avg = [old * d + new.detach() * (1 - d) for old, new in zip(avg, net.parameters())]
+        for got, want in zip(ema.module.parameters(), avg):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        for got, want in zip(ema.module.buffers(), net.buffers()):
+            assert torch.equal(got, want)  # copied, not averaged
+    assert ema.num_updates == 2 and not any(p.requires_grad for p in ema.module.parameters())
+    copy = EMA(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), decay=0.9)
     copy.load_state_dict(ema.state_dict())
-    assert torch.equal(copy.module.weight, ema.module.weight) and copy.num_updates == 1
+    assert (copy.num_updates, copy.decay) == (2, 0.15)
+    assert all(torch.equal(a, b) for a, b in zip(copy.module.state_dict().values(), ema.module.state_dict().values()))
+    ema.update(net), copy.update(net)  # the restored copy continues exactly
+    assert all(torch.equal(a, b) for a, b in zip(copy.module.parameters(), ema.module.parameters()))
     with pytest.raises(ValueError, match="decay"):
         EMA(net, decay=1.0)
 
@@ -209,7 +223,10 @@ def test_vaegan_temperature_changes_samples_not_training() -> None:
 def test_patchgan_logit_map_and_features() -> None:
     d = PatchGAN(2, 64, base_channels=8, max_channels=16, patch_size=8)
     logits, feats = d(torch.randn(3, 2, 64, 64))
-    assert logits.shape == (3, 1, 8, 8) and len(feats) >= 3
+    assert logits.shape == (3, 1, 8, 8)
+    # 64 -> 8: three strided blocks (channels 8, 16, then the cap 16) and one stride-1 block, each one feature map.
+    assert [tuple(f.shape) for f in feats] == [(3, 8, 32, 32), (3, 16, 16, 16), (3, 16, 8, 8), (3, 16, 8, 8)]
+    assert torch.equal(d.head(feats[-1]), logits)  # the last feature map is what the head scores
     with pytest.raises(ValueError, match="patch_size"):
         PatchGAN(2, 64, patch_size=6)
 
@@ -272,11 +289,16 @@ def test_fitted_prior_samples_near_the_training_latents(name: str) -> None:
     torch.manual_seed(0)
     data = ellipse_pairs(16, 16)
     gen = build(name)
+    batch_means = []  # the encoder's mean latent of each training batch, as the step computed it
+    gen.encoder.register_forward_hook(lambda _m, _i, out: batch_means.append(out[0].detach().mean(0)))
     for step in range(3):
         gen.train_step(data, step)
-    assert gen.latent_prior.count.item() == 3
+    assert gen.latent_prior.count.item() == 3 and len(batch_means) == 3
+    encoder_mean = torch.stack(batch_means).mean(0)  # three equal batches, cumulative phase: the plain average
+    assert torch.allclose(gen.latent_prior.mean, encoder_mean, atol=1e-6)
+    assert encoder_mean.abs().max() > 0.25  # so matching it is not matching N(0, I)'s zero mean
     z = gen.draw_latents(torch.randn(4000, gen.z_dim, generator=torch.Generator().manual_seed(0)))
-    assert torch.allclose(z.mean(0), gen.latent_prior.mean, atol=0.1)
+    assert torch.allclose(z.mean(0), encoder_mean, atol=0.1)
     standard = build(name, prior="standard")
     eps = torch.randn(5, standard.z_dim)
     assert torch.equal(standard.draw_latents(eps), eps)
@@ -405,9 +427,12 @@ def test_mask_area_loss_pairs_reconstructions_and_matches_prior_quantiles() -> N
     assert losses.mask_area_loss(swapped, real, paired=0).item() == pytest.approx(0.0)  # same distribution
     shrunk = (0.5 * real).requires_grad_(True)  # prior samples of half the real area
     loss = losses.mask_area_loss(shrunk, real, paired=0)
-    assert loss.item() > 0.0
+    # Sorted areas 0, 0, 0.125, 0.125 against the real quantiles 0, 0, 0.25, 0.25: W1 = (0.125 + 0.125) / 4.
+    assert loss.item() == pytest.approx(0.0625)
     loss.backward()
-    assert (shrunk.grad[:2] < 0).all()  # descending the loss grows the too-small glands
+    # d loss / d pixel = sign(0.125 - 0.25) / 4 rows / 64 pixels on the too-small glands: descending grows them.
+    assert torch.allclose(shrunk.grad[:2], torch.full((2, 1, 8, 8), -1 / 256))
+    assert torch.equal(shrunk.grad[2:], torch.zeros(2, 1, 8, 8))  # the empty slices already match
     gen = build("vaegan", mask_area_weight=1.0)
     out = gen.train_step(ellipse_pairs(4, 16), 0)
     assert math.isfinite(out["mask_area"])

@@ -17,6 +17,7 @@ from toolkit.data.masks import (
     mask_condition,
 )
 from toolkit.data.slices import SliceSet
+from toolkit.types import Batch
 
 
 @pytest.fixture
@@ -59,13 +60,26 @@ def test_real_masks_are_training_masks(train):
 
 
 def test_run_source_reads_another_runs_synthetic_masks(train, tmp_path):
+    # Another run's set: squares of side 2..5 (unlike any training mask), positions of its own, and a stored
+    # area that is wrong on purpose (the source measures the area on the mask).
+    sides, positions = [2, 3, 4, 5], [0.1, 0.3, 0.6, 0.9]
+    masks = torch.zeros(4, 1, 32, 32)
+    for i, side in enumerate(sides):
+        masks[i, :, 1:1 + side, 1:1 + side] = 1.0
+    stored = torch.tensor([[p, 0.5] for p in positions])
     (tmp_path / "synthetic").mkdir()
-    train.save(tmp_path / "synthetic" / "synthetic.npz")
+    SliceSet.from_batch(Batch(torch.zeros(4, 1, 32, 32), masks, stored)).save(tmp_path / "synthetic" / "synthetic.npz")
     source = build_mask_source(f"run:{tmp_path}", train)
     assert isinstance(source, RunMasks)
-    masks, cond = source.draw(8, torch.Generator().manual_seed(0))
-    assert masks.shape == (8, 1, 32, 32)
-    assert torch.allclose(cond[:, 1], masks.mean(dim=(1, 2, 3)))
+    drawn, cond = source.draw(32, torch.Generator().manual_seed(0))
+    assert drawn.shape == (32, 1, 32, 32)
+    which = [sides.index(round(float(m.sum()) ** 0.5)) for m in drawn]  # each draw is one of the four squares
+    assert sorted(set(which)) == [0, 1, 2, 3]  # drawn with replacement from all of them
+    for m, c, i in zip(drawn, cond, which):
+        assert torch.equal(m, masks[i])
+        assert c.tolist() == pytest.approx([positions[i], sides[i] ** 2 / 1024])
+    with pytest.raises(Exception, match="its masks are 32 px, this run's data.image_size is 64"):
+        RunMasks(tmp_path, 64)
     with pytest.raises(Exception, match="synthetic.npz does not exist"):
         build_mask_source(f"run:{tmp_path / 'nope'}", train)
 

@@ -36,7 +36,7 @@ def test_bootstrap_resamples_seeds_too():
 def test_wilcoxon_all_zero_and_clear_shift():
     assert wilcoxon_p(np.zeros(7)) == 1.0
     assert wilcoxon_p(np.full(10, 0.05) + np.linspace(0, 0.01, 10)) < 0.01
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no differences"):
         wilcoxon_p(np.array([]))
 
 
@@ -78,9 +78,13 @@ def test_variance_components_and_mde_match_a_hand_computed_case():
 
 
 def test_paired_summary_reports_halfwidth_and_mde():
-    rng = np.random.default_rng(0)
-    a = rng.uniform(0.5, 0.7, (3, 10))
-    b = a + 0.02 + rng.normal(0, 0.01, (3, 10))
+    # B - A is the hand case above scaled by 0.01 (seed effect +-0.01, patient effect -0.01/0/+0.01), on
+    # baselines that differ per cell: var_seed 2e-4, var_patient 1e-4, residual 0, SE^2 = 2e-4 / 2 + 1e-4 / 3.
+    a = np.array([[0.50, 0.62, 0.71], [0.55, 0.48, 0.80]])
+    b = a + 0.01 * np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
     m = paired_summary(a, b, samples=500).as_metrics("g")
     assert m["g_ci_halfwidth"] == pytest.approx((m["g_ci_high"] - m["g_ci_low"]) / 2)
-    assert 0 < m["g_mde80"] < 0.05 and m["g_se"] > 0
+    assert (m["g_var_seed"], m["g_var_patient"], m["g_var_residual"]) == pytest.approx((2e-4, 1e-4, 0.0), abs=1e-12)
+    se = (2e-4 / 2 + 1e-4 / 3) ** 0.5
+    assert m["g_se"] == pytest.approx(se)
+    assert m["g_mde80"] == pytest.approx(2.801585 * se, rel=1e-5)

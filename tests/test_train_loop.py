@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 from pathlib import Path
@@ -51,7 +50,16 @@ def test_batch_indices_cover_each_epoch_and_shard_by_rank():
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     gen = toy()
     step_fn = gen.train_step
-    gen.train_step = lambda batch, step: {"loss_g": float("nan")} if step == 4 else step_fn(batch, step)
+    after = {}  # the weights after each step
+
+    def train_step(batch, step):
+        if step == 4:
+            return {"loss_g": float("nan")}
+        out = step_fn(batch, step)
+        after[step] = {k: v.clone() for k, v in gen.net.state_dict().items()}
+        return out
+
+    gen.train_step = train_step
     data = make_slices()
     runlog = RunLog(tmp_path, quiet=True)
     with pytest.raises(TrainingDiverged) as info:
@@ -62,7 +70,9 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     assert state["step"] == 3
     fresh = toy()
     fresh.load_state_dict(state["generator"])
-    assert all(torch.isfinite(p).all() for p in fresh.net.parameters())
+    # The weights after steps 0-2 (the checkpoint of step 3), not those after step 3, the one before the NaN.
+    assert all(torch.equal(v, after[2][k]) for k, v in fresh.net.state_dict().items())
+    assert not torch.equal(fresh.net.weight, after[3]["weight"])
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -109,6 +119,9 @@ def test_rng_state_round_trip():
 
 def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
     gen = toy()
+    step_fn = gen.train_step
+    losses = []  # what each step returned
+    gen.train_step = lambda batch, step: losses.append(step_fn(batch, step)["loss"]) or {"loss": losses[-1]}
     data = make_slices()
     writer = SummaryWriter(str(tmp_path))
     runlog = RunLog(tmp_path, writer, quiet=True)
@@ -119,7 +132,10 @@ def test_tensorboard_events_hold_scalars_grids_and_histograms(tmp_path):
     tags = events.Tags()
     assert "loss/loss" in tags["scalars"]
     assert [e.step for e in events.Scalars("loss/loss")] == [2, 4, 6]
-    assert all(math.isfinite(e.value) for e in events.Scalars("loss/loss"))
+    # Each point is the mean loss over its log window (log_every 2): steps 0-1, 2-3, 4-5.
+    windows = [sum(losses[i:i + 2]) / 2 for i in (0, 2, 4)]
+    assert [e.value for e in events.Scalars("loss/loss")] == pytest.approx(windows, rel=1e-6)  # float32 in the file
+    assert losses[0] != losses[1]  # so a window's first or last loss alone would not match
     assert "samples/real_vs_synthetic" in tags["images"]
     image = events.Images("samples/real_vs_synthetic")[-1]
     assert image.step == 6 and image.width > image.height  # real grid left, synthetic right

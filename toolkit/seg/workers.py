@@ -90,12 +90,13 @@ def _die_with_parent(parent: int) -> None:
             pass
 
 
-def _process_main(conn, parent: int, target, *args) -> None:
-    """Entry point of a spawned worker: ``target(*args)`` (its chunk), send ("ok", bytes) or ("error", (exc,
-    traceback))."""
+def _process_main(conn, parent: int) -> None:
+    """Entry point of a spawned worker: receive (target, args), run ``target(*args)`` (its chunk), send ("ok",
+    bytes) or ("error", (exc, traceback))."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
     _die_with_parent(parent)
     try:
+        target, args = conn.recv()
         buffer = io.BytesIO()
         torch.save(target(*args), buffer)  # exact tensors, no shared-memory handles to outlive this process
         message = ("ok", buffer.getvalue())
@@ -131,14 +132,27 @@ def run_in_processes(target, chunks: list[list], args: tuple, labels: list[str])
     processes, connections = [], []
     outputs: list[list[tuple] | None] = [None] * len(chunks)
     try:
-        for i, chunk in enumerate(chunks):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_process_main, args=(send, os.getpid(), target, chunk, *args),
-                                      name=f"ganseg-unets-{i}", daemon=True)
+        # The jobs (training slices: megabytes) go through the pipe after the start, never in the spawn
+        # payload: the parent writes that payload while it still holds the child's end of the spawn pipe, so a
+        # child that died while reading it (its code changed on disk under a running benchmark: it could not
+        # unpickle its entry point) left the parent blocked in the write for ever. Through the pipe, a dead
+        # worker is a BrokenPipeError here.
+        for i in range(len(chunks)):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_process_main, args=(theirs, os.getpid()), name=f"ganseg-unets-{i}",
+                                      daemon=True)
             process.start()
-            send.close()  # only the worker holds the sending end: its death reads as EOF here
+            theirs.close()  # only the worker holds its end: its death reads as EOF (or a broken pipe) here
             processes.append(process)
-            connections.append(receive)
+            connections.append(ours)
+        for i, (connection, chunk) in enumerate(zip(connections, chunks)):
+            try:
+                connection.send((target, (chunk, *args)))
+            except OSError:
+                processes[i].join(timeout=5)
+                raise RuntimeError(f"segmenter worker {i + 1} of {len(chunks)} ({labels[i]}) exited with code "
+                                   f"{processes[i].exitcode} before it took its jobs (see its error above; a "
+                                   "benchmark whose code changed on disk while it ran?)") from None
         pending = dict(enumerate(connections))
         while pending:
             for connection in wait(list(pending.values())):

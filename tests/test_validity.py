@@ -15,6 +15,7 @@ from toolkit.validity import (
     log_tensorboard,
     metric_validity,
     rank_correlation,
+    shown,
     write_plots,
     write_validity,
 )
@@ -48,6 +49,17 @@ def test_shuffled_metric_has_a_ci_containing_zero_and_is_reproducible():
     assert row["spearman_ci_low"] < 0 < row["spearman_ci_high"]
     again = metric_validity(cells, samples=500, seed=1)[0]
     assert again == row
+
+
+def test_three_cells_in_order_are_not_shown_however_tight_the_bootstrap():
+    """3 cells in the gain's order: tau = 1 and a degenerate bootstrap CI of [1, 1], but by chance alone a
+    perfect order of 3 has p = 1/3 (exact Kendall test), so the table must not mark it."""
+    row = metric_validity(monotone_cells(3, generators=3), samples=200)[0]
+    assert row["kendall_tau"] == pytest.approx(1.0) and row["kendall_ci_low"] == pytest.approx(1.0)
+    assert row["kendall_p"] == pytest.approx(1 / 3) and row["spearman_p"] == pytest.approx(1 / 3)
+    assert not shown(row, "kendall") and "*" not in format_markdown([row]).split("\n")[2]
+    many = metric_validity(monotone_cells(12), samples=200)[0]
+    assert many["kendall_p"] < 1e-6 and shown(many, "kendall")
 
 
 def test_fewer_than_four_generators_is_na():
@@ -95,7 +107,8 @@ def test_written_table_plots_and_tensorboard(tmp_path):
     assert [p.name for p in paths] == ["validity.md", "validity.csv", "validity.json", "validity_cells.csv"]
     payload = json.loads((tmp_path / "validity.json").read_text())  # strict JSON: NaN would not parse as null
     assert {r["metric"] for r in payload["rows"]} == {"fd_seg", "kid_seg"} and len(payload["cells"]) == 12
-    assert "| fd_seg | 12 | +1.00 [+1.00, +1.00] *" in (tmp_path / "validity.md").read_text()
+    assert "| fd_seg | 12 | +1.00 [+1.00, +1.00] p=" in (tmp_path / "validity.md").read_text()
+    assert (tmp_path / "validity.md").read_text().split("\n")[2].split("|")[3].strip().endswith("*")  # shown: 12 cells
     pngs = write_plots(tmp_path, rows, cells)
     assert sorted(p.name for p in pngs) == ["fd_seg.png", "kid_seg.png"] and all(p.stat().st_size for p in pngs)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -132,24 +133,56 @@ def _rank_stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(stats.kendalltau(x, y).statistic), float(stats.spearmanr(x, y).statistic)
 
 
+def _rank_p_values(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Two-sided p-values of Kendall's tau (scipy: exact for small samples without ties) and Spearman's rho
+    (a permutation test).
+
+    Why beside the bootstrap CI: over very few cells the percentile bootstrap degenerates (3 cells in the
+    same order resample to tau = 1 every time, a CI of [1, 1]) while the exact test says what 3 points can
+    show: a perfect order has p = 1/3 by chance.
+    """
+    from scipy import stats
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    return float(stats.kendalltau(x, y).pvalue), _spearman_permutation_p(x, y)
+
+
+def _spearman_permutation_p(x: np.ndarray, y: np.ndarray, resamples: int = 4000, seed: int = 0) -> float:
+    """Two-sided permutation p of Spearman's rho: exact over every pairing up to 7 points, else ``resamples``
+    seeded shuffles. scipy's own p for rho is a t approximation that gives p = 0 for 3 points in order."""
+    from scipy import stats
+
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    rx, ry = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean()), (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
+    observed = abs(float(rx @ ry))
+    if len(x) <= 7:
+        orders = np.array(list(itertools.permutations(range(len(x)))))
+        return float(np.mean(np.abs(ry[orders] @ rx) >= observed - 1e-12))
+    orders = np.argsort(np.random.default_rng(seed).random((resamples, len(x))), axis=1)
+    return float((np.sum(np.abs(ry[orders] @ rx) >= observed - 1e-12) + 1) / (resamples + 1))
+
+
 def rank_correlation(x: Sequence[float], y: Sequence[float], samples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> dict[str, float]:
     """Kendall tau and Spearman rho of x vs y, with percentile bootstrap CIs over the pairs.
 
     Resamples pairs with replacement (``samples`` times, ``numpy`` PCG64 seeded
     by ``seed``); resamples where a side is constant give no value and are
-    left out. Returns keys n, kendall_tau, kendall_ci_low/high, spearman_rho,
-    spearman_ci_low/high (NaN below 3 pairs).
+    left out. Returns keys n, kendall_tau, kendall_ci_low/high, kendall_p, spearman_rho,
+    spearman_ci_low/high, spearman_p (NaN below 3 pairs); a correlation counts as shown only where its
+    CI excludes 0 *and* its p-value is below 1 - level.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"rank_correlation needs two equal-length 1-d sequences, got {x.shape} and {y.shape}")
     out = {"n": float(len(x)), "kendall_tau": float("nan"), "kendall_ci_low": float("nan"),
            "kendall_ci_high": float("nan"), "spearman_rho": float("nan"), "spearman_ci_low": float("nan"),
-           "spearman_ci_high": float("nan")}
+           "spearman_ci_high": float("nan"), "kendall_p": float("nan"), "spearman_p": float("nan")}
     if len(x) < 3:
         return out
     out["kendall_tau"], out["spearman_rho"] = _rank_stats(x, y)
+    out["kendall_p"], out["spearman_p"] = _rank_p_values(x, y)
     rng = np.random.default_rng(seed)
     boot = np.array([_rank_stats(x[rows], y[rows]) for rows in rng.integers(0, len(x), (samples, len(x)))])
     alpha = (1 - level) / 2
@@ -205,18 +238,27 @@ def metric_validity(cells: Sequence[Cell], metrics: Sequence[str] | None = None,
     return rows
 
 
+def shown(row: dict[str, Any], name: str, prefix: str = "", alpha: float = 0.05) -> bool:
+    """The correlation ``name`` (kendall, spearman) is shown: its CI excludes 0 and its p-value is below alpha."""
+    low, high, p = row[f"{prefix}{name}_ci_low"], row[f"{prefix}{name}_ci_high"], row.get(f"{prefix}{name}_p", 1.0)
+    return math.isfinite(low) and (low > 0 or high < 0) and math.isfinite(p) and p < alpha
+
+
 def _statistic(row: dict[str, Any], prefix: str, stat: str, name: str) -> str:
-    """'+0.42 [+0.10, +0.70]' (a CI excluding 0 marked *), or the reason there is no value."""
+    """'+0.42 [+0.10, +0.70] p=0.01' (shown: CI excluding 0 and p < 0.05, marked *), or why there is no value."""
     value, low, high = row[f"{prefix}{stat}"], row[f"{prefix}{name}_ci_low"], row[f"{prefix}{name}_ci_high"]
     if not math.isfinite(value):
         return (row.get("gen_note") if prefix else "") or "n/a"
     if not math.isfinite(low):
         return f"{value:+.2f}"
-    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]" + (" *" if low > 0 or high < 0 else "")
+    p = row.get(f"{prefix}{name}_p", float("nan"))
+    text = f"{value:+.2f} [{low:+.2f}, {high:+.2f}]" + (f" p={p:.2g}" if math.isfinite(p) else "")
+    return text + (" *" if shown(row, name, prefix) else "")
 
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The validity table as markdown: each statistic with its 95% bootstrap CI, a CI excluding 0 marked *."""
+    """The validity table as markdown: each statistic with its 95% bootstrap CI and its p-value; * marks one
+    shown (a CI excluding 0 and p < 0.05)."""
     lines = ["| metric | cells | Kendall tau (cells) | Spearman rho (cells) | generators | Kendall tau (generators) "
              "| Spearman rho (generators) |", "|---|---|---|---|---|---|---|"]
     for r in rows:

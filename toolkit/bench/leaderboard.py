@@ -339,7 +339,7 @@ def validity_markdown(tables: dict[str, tuple[int, str]]) -> str:
         return (f"\n## Which cheap metric predicts the gain\n\nFewer than {validity.MIN_CELLS} scored cells per "
                 "augmentation level: no rank correlation (add draws, seeds or budgets).\n")
     parts = ["\n## Which cheap metric predicts the gain\n\nRank correlation of each quality metric with the primary "
-             "mode's gain over this benchmark's cells (95% bootstrap CIs over cells; * a CI that excludes 0; the "
+             "mode's gain over this benchmark's cells (95% bootstrap CIs over cells and the rank test's p; * where the CI excludes 0 and p < 0.05; the "
              "sign is raw, so a lower-is-better metric that predicts the gain has a negative tau). Files, "
              "scatters: `validity/<level>/`; across benchmarks: `python cli.py leaderboard --validity FOLDERS`.\n"]
     for level, (n, table) in tables.items():

@@ -49,4 +49,4 @@ class RandomSource:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a CUDA resume maps the checkpoint to the GPU

@@ -10,7 +10,8 @@ from PIL import Image
 
 from toolkit.bench import Plan
 from toolkit.bench.design import default_components, design_mde
-from toolkit.bench.leaderboard import BASELINE, nested_components, write_plots
+from toolkit.bench.leaderboard import BASELINE, nested_components
+from toolkit.bench.report import write_plots
 
 COMPONENTS = {"var_draw": 0.0004, "var_gen_seed": 0.0002, "var_unet_seed": 0.0001, "var_patient": 0.001,
               "var_residual": 0.002}

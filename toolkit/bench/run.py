@@ -20,8 +20,8 @@ from pathlib import Path
 
 from toolkit.bench.cells import WorkerSetup, run_cell_task, train_baselines
 from toolkit.bench.executors import Executor, local_executor
-from toolkit.bench.leaderboard import write_leaderboard
 from toolkit.bench.plan import PLAN_FIX, Plan, check_plan, check_splits, extended_plan
+from toolkit.bench.report import write_leaderboard
 from toolkit.io import atomic_write, read_json
 from toolkit.rundir import RunDir, RunError
 

@@ -118,7 +118,10 @@ def budget_settings(plan: Plan, base: Config, budget: float = 0) -> dict[str, An
 
 def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
     """The run config of one cell: the generator's own layer, the plan's overrides, then the cell's fields."""
-    base = resolve(profile=plan.profile, config_files=plan.config_files, overrides=plan.overrides)
+    # The profile's own budget, for every generator alike; a `--set generator.KEY` is the cell's generator's
+    # (checked against it below), not the default generator's, so it stays out of this generator-less layer.
+    base = resolve(profile=plan.profile, config_files=plan.config_files,
+                   overrides=[o for o in plan.overrides if not o.startswith("generator.")])
     config = resolve(generator=cell.generator, profile=plan.profile, config_files=plan.config_files,
                      overrides=plan.overrides)
     return config.replace({
@@ -155,8 +158,9 @@ def check_plan(plan: Plan) -> None:
     """Fail before any work (and before an executor starts): unknown generators, bad settings, a bad budget."""
     for g in plan.generators:
         GENERATORS.get(g)  # an unknown name fails with the valid ones
-    for cell in plan.cells()[:1]:
-        split = cell_config(plan, cell, 1).split  # a bad setting fails
+    first_of_each = {c.generator: c for c in reversed(plan.cells())}.values()
+    for cell in first_of_each:
+        split = cell_config(plan, cell, 1).split  # a bad setting (a generator key included) fails
         if split.train_pool is not None:  # else the pool's size is the data's; split_patients checks it there
             for n in plan.regimes:
                 if plan.draws > distinct_draws(split.train_pool, n):

@@ -76,3 +76,17 @@ def test_plots_for_several_regimes_and_ratios(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {f"benchmark/{f[:-4]}" for f in plots} == set(events.Tags()["images"])
+
+
+def test_a_generator_setting_is_checked_against_each_benchmarked_generator():
+    """`--set generator.seg_loop=true` is pix2pix's key: a pix2pix benchmark takes it (it was refused as
+    "VAEGAN takes no seg_loop", the default generator's schema), one that also runs vaegan names it."""
+    from toolkit.bench.plan import cell_config, check_plan
+
+    plan = Plan(generators=("pix2pix",), regimes=(2,), ratios=(1.0,), draws=1, seeds=1, profile="smoke",
+                overrides=("generator.seg_loop=true",))
+    check_plan(plan)
+    assert cell_config(plan, plan.cells()[0], 1).raw["generator"]["seg_loop"] is True
+    with pytest.raises(ValueError, match="seg_loop"):
+        check_plan(Plan(generators=("pix2pix", "vaegan"), regimes=(2,), ratios=(1.0,), draws=1, seeds=1,
+                        profile="smoke", overrides=("generator.seg_loop=true",)))

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Literal
 
 from toolkit.metrics.extractors import build_extractor
-from toolkit.metrics.features import metric_prefix, real_features, synthetic_features, write_record
+from toolkit.metrics.features import metric_prefix, write_record
 from toolkit.metrics.frechet import bootstrap_frechet, frechet_distance_features
 from toolkit.metrics.kid import kernel_inception_distance
-from toolkit.metrics.radiomics import frd_from_fd, radiomic_pair
+from toolkit.metrics.radiomics import feature_sets, frd_from_fd
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
 
@@ -66,11 +66,7 @@ class FrechetKID(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
-        if self.features == "radiomic":  # needs masks, and frd-score's normalisation against the real set
-            real, fake = radiomic_pair(ctx, extractor, self.reference, self.max_samples)
-        else:
-            real = real_features(ctx, self.reference, extractor, self.max_samples)
-            fake = synthetic_features(ctx, extractor, self.max_samples)
+        real, fake = feature_sets(ctx, extractor, self.reference, self.max_samples)
         fd, kid = metric_prefix("fd", self.features), metric_prefix("kid", self.features)
         low, high = bootstrap_frechet(real, fake, self.bootstrap, seed=ctx.seed)
         kid_mean, kid_std, subset = kernel_inception_distance(

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 from toolkit.metrics.extractors import build_extractor
-from toolkit.metrics.features import real_features, synthetic_features, write_record
+from toolkit.metrics.features import write_record
 from toolkit.metrics.prdc import prdc
-from toolkit.metrics.radiomics import radiomic_pair
+from toolkit.metrics.radiomics import feature_sets
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
 
@@ -53,11 +53,7 @@ class PRDC(Evaluator):
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
-        if self.features == "radiomic":  # needs masks, and frd-score's normalisation against the real set
-            real, fake = radiomic_pair(ctx, extractor, self.reference, self.max_samples)
-        else:
-            real = real_features(ctx, self.reference, extractor, self.max_samples)
-            fake = synthetic_features(ctx, extractor, self.max_samples)
+        real, fake = feature_sets(ctx, extractor, self.reference, self.max_samples)
         scores = prdc(real, fake, self.k)
         f = self.features
         result = {f"{name}_{f}": value for name, value in scores.items()}

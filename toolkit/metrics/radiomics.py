@@ -36,6 +36,7 @@ import numpy as np
 from toolkit.metrics.features import real_features, split_slices, subsample_rows, synthetic_features
 
 if TYPE_CHECKING:
+    from toolkit.metrics.extractors import FeatureExtractor
     from toolkit.plugin import EvalContext
 
 INSTALL = ('pip install numpy versioneer setuptools wheel && pip install --no-build-isolation pyradiomics==3.0.1 '
@@ -252,3 +253,13 @@ def radiomic_pair(ctx: EvalContext, extractor: RadiomicExtractor, reference: str
     bound = extractor.with_masks(ctx.synthetic.images[rows], ctx.synthetic.masks[rows])
     fake = synthetic_features(ctx, bound, max_samples)
     return frd_normalise(real, fake)
+
+
+def feature_sets(ctx: EvalContext, extractor: FeatureExtractor | RadiomicExtractor, reference: str,
+                 max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (real, synthetic) feature rows an evaluator compares, in any feature space: radiomic features need
+    each slice's mask and are normalised against the real set (frd-score's way), the others are plain rows."""
+    if isinstance(extractor, RadiomicExtractor):
+        return radiomic_pair(ctx, extractor, reference, max_samples)
+    return (real_features(ctx, reference, extractor, max_samples),
+            synthetic_features(ctx, extractor, max_samples))

@@ -184,6 +184,7 @@ def test_a_generator_added_later_joins_the_leaderboard_and_keeps_the_finished_ce
     assert saved["generators"] == ["toy", "deformed_real", "vae"]
 
 
+@pytest.mark.slow  # trains a third draw's cells; CI runs it with -m slow
 def test_more_draws_continue_a_benchmark_and_fewer_are_refused(bench, tmp_path, monkeypatch):
     """A benchmark grows by draws across sessions: the finished cells are kept, the new draw trains its own."""
     import shutil

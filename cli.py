@@ -333,6 +333,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
         Plan,
         RayMissing,
         check_plan,
+        core_overrides,
         describe,
         estimate_plan,
         format_estimate,
@@ -368,10 +369,7 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
     _load_plugins(plugins)
     extra = [f"data.path={data}"] if data else []
     try:
-        # The regimes' default comes from the profile; `--set generator.KEY` belongs to the benchmarked
-        # generators (each cell's config checks it against its own), not to the default one.
-        base = _resolve_config(None, profile, config_files,
-                               (*(o for o in overrides if not o.startswith("generator.")), *extra), None, None)
+        base = _resolve_config(None, profile, config_files, (*core_overrides(overrides), *extra), None, None)
         names = tuple(n.strip() for n in generators.split(",") if n.strip()) if generators else \
             tuple(GENERATORS.names())
         regimes = tuple(int(v) for v in train_patients.split(",")) if train_patients else \

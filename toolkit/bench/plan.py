@@ -116,12 +116,16 @@ def budget_settings(plan: Plan, base: Config, budget: float = 0) -> dict[str, An
     raise ValueError(f"budget must be steps or seconds, got {plan.budget!r}")
 
 
+def core_overrides(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """The overrides without ``generator.KEY`` ones: those belong to the benchmarked generators (each cell's
+    config checks them against its own), not to the default generator a generator-less config would build."""
+    return [o for o in overrides if not o.startswith("generator.")]
+
+
 def cell_config(plan: Plan, cell: Cell, threads: int) -> Config:
     """The run config of one cell: the generator's own layer, the plan's overrides, then the cell's fields."""
-    # The profile's own budget, for every generator alike; a `--set generator.KEY` is the cell's generator's
-    # (checked against it below), not the default generator's, so it stays out of this generator-less layer.
-    base = resolve(profile=plan.profile, config_files=plan.config_files,
-                   overrides=[o for o in plan.overrides if not o.startswith("generator.")])
+    # The profile's own budget, for every generator alike.
+    base = resolve(profile=plan.profile, config_files=plan.config_files, overrides=core_overrides(plan.overrides))
     config = resolve(generator=cell.generator, profile=plan.profile, config_files=plan.config_files,
                      overrides=plan.overrides)
     return config.replace({

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.generators.ddpm import DDPM, cosine_alpha_bar, sampling_timesteps, solve
+from plugins.generators.ddpm import DDPM
 from tests.conftest import make_slices
 from toolkit.config import ConfigError, validate_section
 from toolkit.data.masks import DeformedMasks
+from toolkit.nn.diffusion import cosine_alpha_bar, sampling_timesteps, solve
 from toolkit.plugin import TrainContext
 from toolkit.registry import GENERATORS
 from toolkit.train.sampling import make_sampler

@@ -93,3 +93,18 @@ def test_fd_and_prdc_evaluators_in_the_radiomic_space(tmp_path):
     scores = EVALUATORS.get("prdc")(features="radiomic", max_samples=16, k=3).evaluate(ctx)
     assert 0 <= scores["coverage_radiomic"] <= 1
     assert list((tmp_path / "cache" / "quality").glob("train-radiomic-*.npy"))  # real features cached
+
+
+def test_a_gland_of_a_few_pixels_gets_nan_features_not_an_error():
+    """Four pixels pass a sum check but resample (spacing 1 -> 2) to one voxel, which pyradiomics refuses:
+    such a slice gets NaN gland features (dropped by the normalisation) instead of failing the evaluation."""
+    needs_pyradiomics()
+    from toolkit.metrics.radiomics import radiomic_features
+
+    images, masks = blobs_with_masks(3, seed=0)
+    masks[1] = 0
+    masks[1, 10:12, 10:12] = 1
+    feats, names = radiomic_features(images, masks)
+    gland = np.array([n.startswith("gland:") for n in names])
+    assert np.isnan(feats[1, gland]).all() and not np.isnan(feats[1, ~gland]).any()
+    assert not np.isnan(feats[[0, 2]]).any()

@@ -244,3 +244,19 @@ def test_memorization_does_not_call_blurry_averages_copies(tmp_path):
     copied = dataclasses.replace(ctx, synthetic=slice_set(train[:40], name="synthetic"), run_dir=tmp_path / "c")
     copies = _run("memorization", copied)
     assert copies["memorized_fraction_pixel"] >= 0.9
+
+
+def test_several_feature_spaces_in_one_evaluation_equal_each_alone(tmp_path):
+    """features: [a, b] holds both spaces' metrics, each the value its space gives alone (so re-scoring a run in
+    a new space keeps the old one), with the first space's primary; a repeated or empty list is refused by name."""
+    ctx = make_ctx(tmp_path, blob_images(24, seed=7))
+    for name in ("fd", "prdc"):
+        cls = EVALUATORS.get(name)
+        alone = {space: _run(name, ctx, features=space) for space in ("random", "seg")}
+        evaluator = cls(**{**cls.tiny, "features": ["seg", "random"]})
+        both = evaluator.evaluate(ctx)
+        assert both == {**alone["seg"], **alone["random"]}
+        assert set(evaluator.metrics) == set(both) and evaluator.primary.endswith("_seg")
+        for bad in (["random", "random"], []):
+            with pytest.raises(ValueError, match=rf"evaluators\.{name}\.features: one feature space or a list"):
+                cls(**{**cls.tiny, "features": bad})

@@ -5,22 +5,31 @@ at the few hundred slices a small data set gives, where the Fréchet distance
 is biased upward and its covariance is singular below the feature dimension.
 The Fréchet distance is reported too, with a bootstrap interval and its N.
 Metric names carry the feature space (``kid_seg``, ``fd_random``); only
-Inception features give ``fid_inception``. The ``radiomic`` space is
+Inception features give ``fid_inception``. ``features`` may list several
+spaces (``[seg, radiomic]``): one evaluation then holds each space's metrics,
+so re-scoring a run in a new space keeps the ones it had. The ``radiomic`` space is
 compared after frd-score's normalisation against the real set, and adds
 ``frd_radiomic``, the Fréchet Radiomic Distance (the log of ``fd_radiomic``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from toolkit.metrics.extractors import build_extractor
-from toolkit.metrics.features import metric_prefix, write_record
+from toolkit.metrics.features import FeatureSpace, feature_spaces, metric_prefix, write_record
 from toolkit.metrics.frechet import bootstrap_frechet, frechet_distance_features
 from toolkit.metrics.kid import kernel_inception_distance
 from toolkit.metrics.radiomics import feature_sets, frd_from_fd
 from toolkit.plugin import EvalContext, Evaluator
 from toolkit.registry import EVALUATORS
+
+
+def _fd_metrics(features: str) -> tuple[str, ...]:
+    fd, kid = metric_prefix("fd", features), metric_prefix("kid", features)
+    names = (fd, f"{fd}_ci_low", f"{fd}_ci_high", f"{fd}_n_real", f"{fd}_n_synthetic", kid, f"{kid}_std",
+             f"{kid}_subset_size")
+    return names + ("frd_radiomic",) if features == "radiomic" else names
 
 
 @EVALUATORS.register("fd")
@@ -35,7 +44,7 @@ class FrechetKID(Evaluator):
 
     def __init__(
         self,
-        features: Literal["seg", "random", "inception", "radiomic"] = "seg",  # feature space; named in every metric
+        features: FeatureSpace | list[FeatureSpace] = "seg",  # feature space(s), each named in its metrics
         reference: Literal["train", "val", "test"] = "train",  # real split compared against
         max_samples: int = 1000,  # slices per set (seeded subsample); keep equal across generators
         bootstrap: int = 20,  # FD bootstrap rounds for the 95% interval; 0 to skip
@@ -49,7 +58,7 @@ class FrechetKID(Evaluator):
                 "evaluators.fd: max_samples and kid_subset_size must be >= 2, kid_subsets >= 1, "
                 f"bootstrap >= 0; got {max_samples}, {kid_subset_size}, {kid_subsets}, {bootstrap}"
             )
-        self.features = features
+        self.spaces = feature_spaces(features, "fd")
         self.reference = reference
         self.max_samples = max_samples
         self.bootstrap = bootstrap
@@ -57,21 +66,23 @@ class FrechetKID(Evaluator):
         self.kid_subsets = kid_subsets
         self.random_seed = random_seed
         self.inception_weights = inception_weights
-        fd, kid = metric_prefix("fd", features), metric_prefix("kid", features)
-        self.metrics = (fd, f"{fd}_ci_low", f"{fd}_ci_high", f"{fd}_n_real", f"{fd}_n_synthetic",
-                        kid, f"{kid}_std", f"{kid}_subset_size")
-        self.primary = kid
-        if features == "radiomic":
-            self.metrics += ("frd_radiomic",)
+        self.metrics = tuple(name for space in self.spaces for name in _fd_metrics(space))
+        self.primary = metric_prefix("kid", self.spaces[0])
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
+        result: dict[str, float] = {}
+        for space in self.spaces:
+            result.update(self.evaluate_space(ctx, space))
+        return result
+
+    def evaluate_space(self, ctx: EvalContext, features: str) -> dict[str, float]:
+        extractor = build_extractor(features, ctx, self.random_seed, self.inception_weights)
         real, fake = feature_sets(ctx, extractor, self.reference, self.max_samples)
-        fd, kid = metric_prefix("fd", self.features), metric_prefix("kid", self.features)
+        fd, kid = metric_prefix("fd", features), metric_prefix("kid", features)
         low, high = bootstrap_frechet(real, fake, self.bootstrap, seed=ctx.seed)
         kid_mean, kid_std, subset = kernel_inception_distance(
             real, fake, self.kid_subset_size, self.kid_subsets, seed=ctx.seed)
-        result = {
+        result: dict[str, Any] = {
             fd: frechet_distance_features(real, fake),
             f"{fd}_ci_low": low,
             f"{fd}_ci_high": high,
@@ -81,10 +92,10 @@ class FrechetKID(Evaluator):
             f"{kid}_std": kid_std,
             f"{kid}_subset_size": float(subset),
         }
-        if self.features == "radiomic":
+        if features == "radiomic":
             result["frd_radiomic"] = frd_from_fd(result[fd])
-        write_record(ctx, f"fd_{self.features}", {
-            "features": self.features, "feature_fingerprint": extractor.fingerprint,
+        write_record(ctx, f"fd_{features}", {
+            "features": features, "feature_fingerprint": extractor.fingerprint,
             "feature_dim": int(real.shape[1]), "reference_split": self.reference,
             "bootstrap_rounds": self.bootstrap, "kid_subsets": self.kid_subsets, **result,
         })

@@ -4,7 +4,8 @@ Coverage is the primary metric: it rewards synthetic slices that land near
 many different real slices (fidelity and variety at once) and, unlike
 recall, is not inflated by synthetic outliers. In the ``radiomic`` space the
 features are z-scored against the real set first (frd-score's
-normalisation), so no feature's units dominate.
+normalisation), so no feature's units dominate. ``features`` may list
+several spaces, as for ``fd``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 from toolkit.metrics.extractors import build_extractor
-from toolkit.metrics.features import write_record
+from toolkit.metrics.features import FeatureSpace, feature_spaces, write_record
 from toolkit.metrics.prdc import prdc
 from toolkit.metrics.radiomics import feature_sets
 from toolkit.plugin import EvalContext, Evaluator
@@ -31,7 +32,7 @@ class PRDC(Evaluator):
 
     def __init__(
         self,
-        features: Literal["seg", "random", "inception", "radiomic"] = "seg",  # feature space; named in every metric
+        features: FeatureSpace | list[FeatureSpace] = "seg",  # feature space(s), each named in its metrics
         reference: Literal["train", "val", "test"] = "train",  # real split compared against
         k: int = 5,  # neighbours defining each sample's ball (Naeem et al. use 5)
         max_samples: int = 1000,  # slices per set (seeded subsample); keep equal across generators
@@ -40,22 +41,27 @@ class PRDC(Evaluator):
     ) -> None:
         if k < 1 or max_samples <= k:
             raise ValueError(f"evaluators.prdc: need k >= 1 and max_samples > k, got k={k}, max_samples={max_samples}")
-        self.features = features
+        self.spaces = feature_spaces(features, "prdc")
         self.reference = reference
         self.k = k
         self.max_samples = max_samples
         self.random_seed = random_seed
         self.inception_weights = inception_weights
-        f = features
-        self.metrics = (f"precision_{f}", f"recall_{f}", f"density_{f}", f"coverage_{f}",
-                        f"prdc_{f}_n_real", f"prdc_{f}_n_synthetic")
-        self.primary = f"coverage_{f}"
+        self.metrics = tuple(name for f in self.spaces for name in (
+            f"precision_{f}", f"recall_{f}", f"density_{f}", f"coverage_{f}", f"prdc_{f}_n_real",
+            f"prdc_{f}_n_synthetic"))
+        self.primary = f"coverage_{self.spaces[0]}"
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        extractor = build_extractor(self.features, ctx, self.random_seed, self.inception_weights)
+        result: dict[str, float] = {}
+        for space in self.spaces:
+            result.update(self.evaluate_space(ctx, space))
+        return result
+
+    def evaluate_space(self, ctx: EvalContext, f: str) -> dict[str, float]:
+        extractor = build_extractor(f, ctx, self.random_seed, self.inception_weights)
         real, fake = feature_sets(ctx, extractor, self.reference, self.max_samples)
         scores = prdc(real, fake, self.k)
-        f = self.features
         result = {f"{name}_{f}": value for name, value in scores.items()}
         result[f"prdc_{f}_n_real"] = float(len(real))
         result[f"prdc_{f}_n_synthetic"] = float(len(fake))

@@ -15,7 +15,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -96,6 +96,19 @@ def synthetic_features(ctx: EvalContext, extractor: FeatureExtractor,
     content = hashlib.sha256(images.tobytes()).hexdigest()[:20]
     return ctx.memo.get_or_compute(f"quality_features:synthetic:{extractor.fingerprint}:{content}",
                                    lambda: extractor(images))
+
+
+#: The feature spaces fd and prdc compare sets in.
+FeatureSpace = Literal["seg", "random", "inception", "radiomic"]
+
+
+def feature_spaces(features: str | list[str], evaluator: str) -> list[str]:
+    """``features`` as a list of distinct spaces (one space or several)."""
+    spaces = [features] if isinstance(features, str) else list(features)
+    if not spaces or len(set(spaces)) != len(spaces):
+        raise ValueError(f"evaluators.{evaluator}.features: one feature space or a list of distinct ones "
+                         f"(seg, random, inception, radiomic), got {features!r}")
+    return spaces
 
 
 def metric_prefix(kind: str, features: str) -> str:

@@ -15,8 +15,9 @@ package ``frd-score`` 1.0.1 (FRD v1, its 2D path) step by step, with
   or a 2D NIfTI), plus the numeric diagnostics frd-score keeps. Two regions
   per slice, concatenated: ``image`` (the whole slice: frd-score's mask when
   none is given, everything but one corner pixel) and ``gland`` (the slice's
-  mask). A slice whose gland has at most one pixel gets NaN gland features
-  (frd-score skips such an image).
+  mask). A slice whose gland pyradiomics cannot describe (at most one pixel,
+  or a few that resample to one voxel) gets NaN gland features (frd-score
+  skips such an image).
 - normalisation (:func:`frd_normalise`): rows with any NaN dropped, float32,
   z-score with the reference (real) set's mean and population std, columns
   with NaN/inf afterwards dropped in both sets.
@@ -97,11 +98,17 @@ def _volume(array: np.ndarray) -> Any:
 
 
 def slice_features(extractor: Any, image: np.ndarray, mask: np.ndarray) -> dict[str, float] | None:
-    """Radiomic features of one slice inside ``mask``, named as frd-score names them; None for a mask of
-    at most one pixel (pyradiomics cannot describe it; frd-score skips the image)."""
+    """Radiomic features of one slice inside ``mask``, named as frd-score names them; None for a region
+    pyradiomics cannot describe (at most one pixel, or one voxel once resampled to 2 px: a gland of a few
+    pixels; frd-score skips such an image)."""
     if mask.sum() <= 1:
         return None
-    output = extractor.execute(_volume(np.asarray(image, np.float32)), _volume(np.asarray(mask, np.uint8)))
+    try:
+        output = extractor.execute(_volume(np.asarray(image, np.float32)), _volume(np.asarray(mask, np.uint8)))
+    except ValueError as exc:  # pyradiomics' ROI check (imageoperations.checkMask), after resampling
+        if "segmented voxel" in str(exc) or "too few dimensions" in str(exc):
+            return None
+        raise
     features = {}
     for name, value in output.items():
         if "diagnostics" not in name:

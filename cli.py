@@ -197,7 +197,8 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
               "predicts the Dice gain (Kendall tau, Spearman rho, bootstrap CIs) over every scored cell of the "
               "FOLDERS (benchmark folders or runs).")
 @click.option("--mode", default=None, help="--validity: the usage mode whose gain is the truth (default: each "
-              "cell's primary dice_gain).")
+              "cell's primary dice_gain); all: one cell per (run, scored mode). Cells of several modes, "
+              "augmentation levels, regimes or ratios are ranked within each only (a stratified statistic).")
 @click.option("--validity-out", type=click.Path(file_okay=False), default=None,
               help="--validity: folder for validity.md/.csv/.json, the scatter plots and TensorBoard; default: "
               "FOLDER/validity of the first folder.")

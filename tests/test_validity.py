@@ -146,3 +146,82 @@ def test_leaderboard_validity_command_writes_the_table_and_refuses_too_few_cells
     write_run(tmp_path / "few" / "cells" / "c0", "g0", 0.1, 1.0)
     result = CliRunner().invoke(main, ["leaderboard", "--validity", str(tmp_path / "few")])
     assert result.exit_code != 0 and "needs at least 3" in result.output and "Traceback" not in result.output
+
+
+def offset_strata(n: int = 8, seed: int = 0, shuffle: bool = False) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """Two strata (say two augmentation levels) of the same n trainings: within each, gain rises with the
+    metric; the second stratum's gains sit 10 lower and its metrics 10 higher, so pooled naively the metric
+    looks like it *lowers* the gain."""
+    metric = np.arange(n, dtype=float)
+    gain = metric.copy()
+    if shuffle:
+        gain = np.random.default_rng(seed).permutation(gain)
+    x = np.concatenate([metric, metric + 10])
+    y = np.concatenate([gain, np.random.default_rng(seed + 1).permutation(gain) - 10 if shuffle else gain - 10])
+    return x, y, ["a"] * n + ["b"] * n, [f"t{i}" for i in range(n)] * 2
+
+
+def test_stratified_correlation_ranks_within_strata_only():
+    from toolkit.validity import stratified_rank_correlation
+
+    x, y, strata, clusters = offset_strata()
+    assert rank_correlation(x, y, samples=50)["kendall_tau"] < 0  # the offsets, not the metric
+    out = stratified_rank_correlation(x, y, strata, clusters, samples=300)
+    assert out["kendall_tau"] == pytest.approx(1.0) and out["spearman_rho"] == pytest.approx(1.0)
+    assert out["n"] == 16 and out["strata"] == 2
+    assert out["kendall_ci_low"] == pytest.approx(1.0) and out["kendall_p"] < 0.01
+    x, y, strata, clusters = offset_strata(shuffle=True)
+    out = stratified_rank_correlation(x, y, strata, clusters, samples=300)
+    assert out["kendall_ci_low"] < 0 < out["kendall_ci_high"] and out["kendall_p"] > 0.05
+    again = stratified_rank_correlation(x, y, strata, clusters, samples=300)
+    assert again == out  # seeded
+    # a stratum below three points is left out, not ranked
+    out = stratified_rank_correlation([1.0, 2.0, 3.0, 1.0, 2.0], [1.0, 2.0, 3.0, 2.0, 1.0], list("aaabb"),
+                                      list("xyzxy"), samples=50)
+    assert out["strata"] == 1 and out["n"] == 3 and out["kendall_tau"] == pytest.approx(1.0)
+
+
+def test_cluster_bootstrap_is_wider_than_pretending_each_stratum_is_new_data():
+    """The same 6 trainings in 3 strata (modes): resampling trainings, not cells, keeps the CI honest."""
+    from toolkit.validity import stratified_rank_correlation
+
+    rng = np.random.default_rng(3)
+    metric = rng.normal(size=6)
+    gain = 0.5 * metric + rng.normal(size=6)
+    x, y = np.tile(metric, 3), np.concatenate([gain + rng.normal(0, 0.05, 6) for _ in range(3)])
+    strata = [m for m in "abc" for _ in range(6)]
+    trainings = [f"t{i}" for i in range(6)] * 3
+    clustered = stratified_rank_correlation(x, y, strata, trainings, samples=400)
+    as_if_new = stratified_rank_correlation(x, y, strata, [f"c{i}" for i in range(18)], samples=400)
+    width = clustered["kendall_ci_high"] - clustered["kendall_ci_low"]
+    assert width > as_if_new["kendall_ci_high"] - as_if_new["kendall_ci_low"]
+
+
+def test_metric_validity_over_levels_is_stratified_and_says_so():
+    x, y, strata, clusters = offset_strata()
+    cells = [Cell(f"c{i}", f"g{i % 4}", float(g), {"fd_seg": float(m)},
+                  {"seg_augment": s, "mode": "add", "training": t})
+             for i, (m, g, s, t) in enumerate(zip(x, y, strata, clusters))]
+    [row] = metric_validity(cells, samples=200)
+    assert row["strata"] == 2 and row["cells"] == 16 and row["kendall_tau"] == pytest.approx(1.0)
+    assert row["generators"] == 4 and math.isfinite(row["gen_kendall_tau"])
+    assert "| fd_seg | 16 in 2 strata | +1.00" in format_markdown([row])
+
+
+def test_collect_cells_in_every_mode_keeps_the_training(tmp_path):
+    """mode="all": one cell per scored mode (from the run's config), all of one training; a cell re-scored
+    under another level (rescored_from) is the same training too."""
+    bench = tmp_path / "bench" / "cells"
+    for name in ("vae-d0", "vae-d0-anone"):
+        write_run(bench / name, "vae", 0.2, 1.0)
+        config = bench / name / "config.yaml"
+        config.write_text(config.read_text() + "evaluators:\n  dice_gain:\n    modes: [add, replace]\n")
+    results = json.loads((bench / "vae-d0" / "results.json").read_text())
+    results["evaluation"]["dice_gain"]["values"]["dice_gain_add"] = 0.2
+    (bench / "vae-d0" / "results.json").write_text(json.dumps(results))
+    (bench / "vae-d0-anone" / "results.json").write_text(json.dumps({**results, "rescored_from": "vae-d0"}))
+    cells = collect_cells([tmp_path / "bench"], mode="all")
+    assert [(c.name, c.factors["mode"], c.gain) for c in cells] == [
+        ("vae-d0", "add", 0.2), ("vae-d0", "replace", -0.2), ("vae-d0-anone", "add", 0.2),
+        ("vae-d0-anone", "replace", -0.2)]
+    assert {c.factors["training"] for c in cells} == {"bench/vae-d0"}

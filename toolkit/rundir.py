@@ -91,17 +91,26 @@ class RunDir:
                            "name an existing run (see the runs/ folder)")
         return run
 
+    def saved_config(self) -> dict[str, Any]:
+        """This run's resolved config.yaml as a mapping; {} without a readable one."""
+        try:
+            config = yaml.safe_load(self.config.read_text()) if self.config.is_file() else None
+        except (OSError, yaml.YAMLError):
+            return {}
+        return config if isinstance(config, dict) else {}
+
     def generator(self) -> str | None:
         """The generator this run trained (``run.generator`` of its config.yaml); None without a readable one.
 
         Read from the config, never parsed from the folder name: a run's name is the user's choice.
         """
-        try:
-            config = yaml.safe_load(self.config.read_text()) if self.config.is_file() else None
-        except (OSError, yaml.YAMLError):
-            return None
-        name = (config.get("run") or {}).get("generator") if isinstance(config, dict) else None
+        name = (self.saved_config().get("run") or {}).get("generator")
         return str(name) if name else None
+
+    def scored_modes(self) -> list[str]:
+        """The usage modes dice_gain scored this run under (``evaluators.dice_gain.modes``); [] if none."""
+        modes = ((self.saved_config().get("evaluators") or {}).get("dice_gain") or {}).get("modes") or []
+        return [str(m) for m in modes] if isinstance(modes, list) else [str(modes)]
 
     def remove(self) -> None:
         """Delete a run that never started (its data failed to load): nothing is left to collide with."""

@@ -11,7 +11,18 @@ at least :data:`MIN_GENERATORS`. The sign is the raw correlation: a
 lower-is-better metric that predicts the gain has a negative tau.
 
 Cells come from run folders (:func:`collect_cells`): a benchmark folder
-(``cells/*/results.json``) or a single run folder.
+(``cells/*/results.json``) or a single run folder, one cell per run, or one
+per (run, usage mode) with ``mode="all"``.
+
+Cells of different usage modes, augmentation levels, regimes or ratios
+(strata, :data:`STRATA`) are never ranked against each other: a mode or a
+level moves every gain at once while the synthetic set, and so every metric,
+stays the same, and pooled ranks would call that the metric's failure. Over
+several strata the statistic is the stratified one (:func:`stratified_rank_correlation`):
+each stratum's tau (rho) weighted by its pairs (points), a CI from a cluster
+bootstrap over generator trainings (a training scored under three modes and
+two levels is six cells but one draw of the data) and a p-value from
+permuting gains within strata.
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 MIN_GENERATORS = 4
-#: Fewest cells a rank correlation is computed over.
+#: Fewest cells a rank correlation is computed over (in a stratum, over several).
 MIN_CELLS = 3
+#: Cell factors whose values must agree for two cells' gains to be ranked against each other.
+STRATA = ("mode", "seg_augment", "n_train_patients", "ratio")
 # Quality metrics read from every evaluator's values (shell patterns); their CIs, Ns and stds are not metrics.
 METRIC_PATTERNS = ("label_fidelity_dice", "label_fidelity_slice_dice", "dice_tstr", "tstr_gap", "fid_inception",
                    "fd_*", "kid_*", "frd_*", "precision_*", "recall_*", "density_*", "coverage_*", "msssim_gap",
@@ -55,7 +68,8 @@ class Cell:
         generator: the generator's registered name.
         gain: the Dice gain (the primary usage mode's unless a mode was asked for).
         metrics: metric name -> value (finite values only).
-        factors: what else tells cells apart (regime, mode, augmentation level, source folder).
+        factors: what else tells cells apart (regime, mode, augmentation level, source folder, and the
+            generator training it scores: cells of one training share ``training``).
     """
 
     name: str
@@ -82,26 +96,37 @@ def read_cell(run_dir: str | Path, mode: str | None = None) -> Cell | None:
         run_dir: a run folder holding results.json (a benchmark cell or a ``cli.py run`` folder).
         mode: the usage mode whose gain is taken (``dice_gain_<mode>``); None: the primary one (``dice_gain``).
     """
+    cells = read_cells(run_dir, mode)
+    return cells[0] if cells else None
+
+
+def read_cells(run_dir: str | Path, mode: str | None = None) -> list[Cell]:
+    """The cells of one finished run folder: one (``mode`` None or a mode), or one per usage mode the run
+    scored (``mode="all"``, the modes of its ``evaluators.dice_gain.modes``); [] without a Dice gain."""
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
-        return None
+        return []
     results = read_json(path, f"Score it again: python cli.py evaluate --run {run_dir}")
     evaluation = results.get("evaluation", {})
     gains = evaluation.get("dice_gain", {}).get("values", {})
-    gain = gains.get("dice_gain" if mode is None else f"dice_gain_{mode}")
-    if not isinstance(gain, (int, float)) or not math.isfinite(gain):
-        return None
     metrics = {}
     for evaluator in evaluation.values():
         for name, value in evaluator.get("values", {}).items():
             if is_metric(name) and isinstance(value, (int, float)) and math.isfinite(value):
                 metrics[name] = float(value)
+    source = run_dir.parent.parent.name if run_dir.parent.name == "cells" else run_dir.parent.name
     factors = {"n_train_patients": gains.get("n_train_patients"), "ratio": gains.get("ratio"),
-               "seg_augment": results.get("settings", {}).get("seg", {}).get("augment"),
-               "mode": mode or "primary", "source": run_dir.parent.parent.name if run_dir.parent.name == "cells"
-               else run_dir.parent.name}
-    return Cell(run_dir.name, _generator_name(run_dir, results), float(gain), metrics, factors)
+               "seg_augment": results.get("settings", {}).get("seg", {}).get("augment"), "source": source,
+               "training": f"{source}/{results.get('rescored_from') or run_dir.name}"}
+    modes = RunDir(run_dir).scored_modes() if mode == "all" else [mode]
+    cells = []
+    for m in modes:
+        gain = gains.get("dice_gain" if m is None else f"dice_gain_{m}")
+        if isinstance(gain, (int, float)) and math.isfinite(gain):
+            cells.append(Cell(run_dir.name, _generator_name(run_dir, results), float(gain), dict(metrics),
+                              {**factors, "mode": m or "primary"}))
+    return cells
 
 
 def collect_cells(folders: Iterable[str | Path], mode: str | None = None) -> list[Cell]:
@@ -120,8 +145,8 @@ def collect_cells(folders: Iterable[str | Path], mode: str | None = None) -> lis
         else:
             raise FileNotFoundError(f"{folder} is neither a benchmark folder (with cells/) nor a run folder "
                                     "(with results.json)")
-        cells += [c for c in (read_cell(r, mode) for r in runs) if c is not None]
-    return sorted(cells, key=lambda c: (c.factors.get("source", ""), c.name))
+        cells += [c for r in runs for c in read_cells(r, mode)]
+    return sorted(cells, key=lambda c: (c.factors.get("source", ""), c.name, str(c.factors.get("mode"))))
 
 
 def _rank_stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -193,6 +218,100 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], samples: int = 2000
     return out
 
 
+def _tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b from the pairs' sign products (NaN where a side is constant): small n, no scipy call."""
+    sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    denominator = math.sqrt(float((sx * sx).sum()) * float((sy * sy).sum()))
+    return float((sx * sy).sum()) / denominator if denominator else float("nan")
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    return (x[:, None] > x[None, :]).sum(1) + ((x[:, None] == x[None, :]).sum(1) + 1) / 2
+
+
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(np.linalg.norm(rx) * np.linalg.norm(ry))
+    return float(rx @ ry) / denominator if denominator else float("nan")
+
+
+def _pooled(x: np.ndarray, y: np.ndarray, groups: list[np.ndarray], minimum: int) -> tuple[float, float, int, int]:
+    """(tau, rho, points, strata): each stratum's statistic weighted by its pairs (tau) or points (rho), over
+    strata of at least ``minimum`` points where neither side is constant."""
+    taus, rhos, pair_weights, point_weights = [], [], [], []
+    for rows in groups:
+        if len(rows) < minimum:
+            continue
+        tau = _tau_b(x[rows], y[rows])
+        if not math.isfinite(tau):
+            continue
+        taus.append(tau)
+        rhos.append(_rho(x[rows], y[rows]))
+        pair_weights.append(len(rows) * (len(rows) - 1) / 2)
+        point_weights.append(len(rows))
+    if not taus:
+        return float("nan"), float("nan"), 0, 0
+    return (float(np.average(taus, weights=pair_weights)), float(np.average(rhos, weights=point_weights)),
+            int(sum(point_weights)), len(taus))
+
+
+def _groups(keys: Sequence[Any]) -> list[np.ndarray]:
+    index: dict[Any, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        index[key].append(i)
+    return [np.array(rows) for rows in index.values()]
+
+
+def stratified_rank_correlation(x: Sequence[float], y: Sequence[float], strata: Sequence[Any],
+                                clusters: Sequence[Any], samples: int = 2000, seed: int = 0, level: float = 0.95,
+                                minimum: int = MIN_CELLS) -> dict[str, float]:
+    """Kendall tau-b and Spearman rho of x vs y within strata, pooled; the keys of :func:`rank_correlation`
+    plus ``strata`` (those used: at least ``minimum`` points, neither side constant).
+
+    Why: points of different strata (usage modes, augmentation levels) share their metric values but not
+    their gains' offset, so only within-stratum order says anything. The CI resamples ``clusters`` (the
+    generator trainings behind the points) with replacement, since one training gives a point in every
+    stratum; the p-value permutes y within each stratum (``samples`` seeded shuffles, two-sided).
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    strata, clusters = list(strata), list(clusters)
+    if not (x.shape == y.shape == (len(strata),) == (len(clusters),)):
+        raise ValueError(f"stratified_rank_correlation needs equal-length 1-d inputs, got {x.shape}, {y.shape}, "
+                         f"{len(strata)} strata keys, {len(clusters)} cluster keys")
+    nan = float("nan")
+    out = {key: nan for key in ("kendall_tau", "kendall_ci_low", "kendall_ci_high", "spearman_rho",
+                                "spearman_ci_low", "spearman_ci_high", "kendall_p", "spearman_p")}
+    groups = _groups(strata)
+    out["kendall_tau"], out["spearman_rho"], n, used = _pooled(x, y, groups, minimum)
+    out["n"], out["strata"] = float(n), float(used)
+    if not used:
+        return out
+    rng = np.random.default_rng(seed)
+    members = [np.array(rows) for rows in _groups(clusters)]
+    boot, null = [], []
+    for _ in range(samples):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        boot.append(_pooled(x[rows], y[rows], _groups([strata[i] for i in rows]), minimum)[:2])
+        shuffled = y.copy()
+        for g in groups:
+            shuffled[g] = y[rng.permutation(g)]
+        null.append(_pooled(x, shuffled, groups, minimum)[:2])
+    boot_array, null_array = np.array(boot), np.array(null)
+    alpha = (1 - level) / 2
+    for column, name, observed in ((0, "kendall", out["kendall_tau"]), (1, "spearman", out["spearman_rho"])):
+        finite = boot_array[np.isfinite(boot_array[:, column]), column]
+        if len(finite):
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (float(v) for v in np.quantile(finite, [alpha, 1 - alpha]))
+        out[f"{name}_p"] = float((np.sum(np.abs(null_array[:, column]) >= abs(observed) - 1e-12) + 1) / (samples + 1))
+    return out
+
+
+def stratum(cell: Cell) -> tuple[Any, ...]:
+    """The cell's stratum: the values of :data:`STRATA`."""
+    return tuple(cell.factors.get(k) for k in STRATA)
+
+
 def generator_means(cells: Sequence[Cell], metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per generator (sorted), the mean of ``metric`` and of the gain over its cells that have the metric."""
     groups: dict[str, list[Cell]] = defaultdict(list)
@@ -207,6 +326,9 @@ def generator_means(cells: Sequence[Cell], metric: str) -> tuple[list[str], np.n
 def metric_validity(cells: Sequence[Cell], metrics: Sequence[str] | None = None, samples: int = 2000,
                     seed: int = 0) -> list[dict[str, Any]]:
     """One row per metric: rank correlation with the gain over cells, and over generators (>= 4 of them).
+
+    Cells of one stratum (:data:`STRATA`) give the plain statistic; cells of several, the stratified one
+    (within strata, clustered by training) and ``strata``, the strata it used.
 
     Args:
         cells: the scored cells (:func:`collect_cells`).
@@ -223,7 +345,11 @@ def metric_validity(cells: Sequence[Cell], metrics: Sequence[str] | None = None,
     rows = []
     for metric in names:
         having = [c for c in cells if metric in c.metrics]
-        row: dict[str, Any] = {"metric": metric, "cells": len(having)}
+        strata = [stratum(c) for c in having]
+        row: dict[str, Any] = {"metric": metric, "cells": len(having), "strata": len(set(strata))}
+        if len(set(strata)) > 1:
+            rows.append(_stratified_row(row, having, metric, samples, seed))
+            continue
         row.update(rank_correlation([c.metrics[metric] for c in having], [c.gain for c in having], samples, seed))
         del row["n"]
         generators, values, gains = generator_means(having, metric)
@@ -236,6 +362,35 @@ def metric_validity(cells: Sequence[Cell], metrics: Sequence[str] | None = None,
         rows.append(row)
     rows.sort(key=lambda r: -abs(r["kendall_tau"]) if math.isfinite(r["kendall_tau"]) else 1.0)
     return rows
+
+
+def _stratified_row(row: dict[str, Any], cells: Sequence[Cell], metric: str, samples: int,
+                    seed: int) -> dict[str, Any]:
+    """A validity row over several strata: cells within each stratum, clustered by training; generators as
+    the mean per (stratum, generator), in strata with at least :data:`MIN_GENERATORS` of them."""
+    pooled = stratified_rank_correlation([c.metrics[metric] for c in cells], [c.gain for c in cells],
+                                         [stratum(c) for c in cells],
+                                         [c.factors.get("training", c.name) for c in cells], samples, seed)
+    row["cells"] = int(pooled.pop("n"))
+    row["strata"] = int(pooled.pop("strata"))
+    row.update(pooled)
+    by_stratum: dict[tuple[Any, ...], list[Cell]] = defaultdict(list)
+    for cell in cells:
+        by_stratum[stratum(cell)].append(cell)
+    keys, values, gains, names = [], [], [], []
+    for key, group in by_stratum.items():
+        generators, means, mean_gains = generator_means(group, metric)
+        keys += [key] * len(generators)
+        values += list(means)
+        gains += list(mean_gains)
+        names += generators
+    row["generators"] = len(set(names))
+    per_gen = stratified_rank_correlation(values, gains, keys, names, samples, seed, minimum=MIN_GENERATORS)
+    per_gen.pop("n")
+    enough = per_gen.pop("strata") > 0
+    row.update({f"gen_{k}": (v if enough else float("nan")) for k, v in per_gen.items()})
+    row["gen_note"] = "" if enough else f"n/a: fewer than {MIN_GENERATORS} generators in every stratum"
+    return row
 
 
 def shown(row: dict[str, Any], name: str, prefix: str = "", alpha: float = 0.05) -> bool:
@@ -258,11 +413,13 @@ def _statistic(row: dict[str, Any], prefix: str, stat: str, name: str) -> str:
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The validity table as markdown: each statistic with its 95% bootstrap CI and its p-value; * marks one
-    shown (a CI excluding 0 and p < 0.05)."""
+    shown (a CI excluding 0 and p < 0.05). Over several strata, cells reads "N in K strata" (the stratified
+    statistic of :func:`stratified_rank_correlation`)."""
     lines = ["| metric | cells | Kendall tau (cells) | Spearman rho (cells) | generators | Kendall tau (generators) "
              "| Spearman rho (generators) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['metric']} | {r['cells']} | {_statistic(r, '', 'kendall_tau', 'kendall')} | "
+        cells = f"{r['cells']} in {r['strata']} strata" if r.get("strata", 1) > 1 else str(r["cells"])
+        lines.append(f"| {r['metric']} | {cells} | {_statistic(r, '', 'kendall_tau', 'kendall')} | "
                      f"{_statistic(r, '', 'spearman_rho', 'spearman')} | {r['generators']} | "
                      f"{_statistic(r, 'gen_', 'kendall_tau', 'kendall')} | "
                      f"{_statistic(r, 'gen_', 'spearman_rho', 'spearman')} |")

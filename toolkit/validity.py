@@ -272,7 +272,9 @@ def stratified_rank_correlation(x: Sequence[float], y: Sequence[float], strata: 
     Why: points of different strata (usage modes, augmentation levels) share their metric values but not
     their gains' offset, so only within-stratum order says anything. The CI resamples ``clusters`` (the
     generator trainings behind the points) with replacement, since one training gives a point in every
-    stratum; the p-value permutes y within each stratum (``samples`` seeded shuffles, two-sided).
+    stratum; the p-value permutes y within each stratum (``samples`` seeded shuffles, two-sided) by one
+    random order of the clusters shared by every stratum, so a training's replicas stay together (shuffling
+    each stratum on its own would count them as independent evidence and give too small a p).
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     strata, clusters = list(strata), list(clusters)
@@ -288,14 +290,19 @@ def stratified_rank_correlation(x: Sequence[float], y: Sequence[float], strata: 
     if not used:
         return out
     rng = np.random.default_rng(seed)
-    members = [np.array(rows) for rows in _groups(clusters)]
+    members = _groups(clusters)
+    cluster_index = np.empty(len(clusters), np.int64)
+    for i, rows in enumerate(members):
+        cluster_index[rows] = i
     boot, null = [], []
     for _ in range(samples):
         rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         boot.append(_pooled(x[rows], y[rows], _groups([strata[i] for i in rows]), minimum)[:2])
+        keys = rng.random(len(members))  # one random order of the trainings, the same in every stratum
         shuffled = y.copy()
         for g in groups:
-            shuffled[g] = y[rng.permutation(g)]
+            shuffled[g[np.argsort(cluster_index[g], kind="stable")]] = y[g[np.argsort(keys[cluster_index[g]],
+                                                                                     kind="stable")]]
         null.append(_pooled(x, shuffled, groups, minimum)[:2])
     boot_array, null_array = np.array(boot), np.array(null)
     alpha = (1 - level) / 2

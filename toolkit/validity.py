@@ -119,7 +119,9 @@ def read_cells(run_dir: str | Path, mode: str | None = None) -> list[Cell]:
     factors = {"n_train_patients": gains.get("n_train_patients"), "ratio": gains.get("ratio"),
                "seg_augment": results.get("settings", {}).get("seg", {}).get("augment"), "source": source,
                "training": f"{source}/{results.get('rescored_from') or run_dir.name}"}
-    modes = RunDir(run_dir).scored_modes() if mode == "all" else [mode]
+    modes: list[str | None] = [mode]
+    if mode == "all":  # a run whose config names no modes (written before them) has its primary gain only
+        modes = [*RunDir(run_dir).scored_modes()] or [None]
     cells = []
     for m in modes:
         gain = gains.get("dice_gain" if m is None else f"dice_gain_{m}")

@@ -61,11 +61,11 @@ def write_leaderboard(bench: Path, plan, cells: list, baselines_trained: int = 0
 
 def validity_tables(bench: Path, cells: list) -> dict[str, tuple[int, str]]:
     """Which cheap metric predicts the gain, over this benchmark's scored cells: per segmenter augmentation level
-    (one level's gains are comparable; another level moves every gain at once), where it has at least
-    :data:`toolkit.validity.MIN_CELLS` cells. Writes ``validity/<level>/`` (table, points, scatters); returns
-    level -> (cells, markdown table)."""
+    (one level's gains are comparable; another level moves every gain at once), each usage mode's gain ranked
+    within its mode (the stratified statistic), where a level has at least :data:`toolkit.validity.MIN_CELLS`
+    cells. Writes ``validity/<level>/`` (table, points, scatters); returns level -> (cells, markdown table)."""
     names = {c.name for c in cells}
-    scored = [c for c in validity.collect_cells([bench]) if c.name in names]
+    scored = [c for c in validity.collect_cells([bench], mode="all") if c.name in names]
     tables = {}
     for level in sorted({str(c.factors.get("seg_augment")) for c in scored}):
         subset = [c for c in scored if str(c.factors.get("seg_augment")) == level]
@@ -82,8 +82,9 @@ def validity_markdown(tables: dict[str, tuple[int, str]]) -> str:
     if not tables:
         return (f"\n## Which cheap metric predicts the gain\n\nFewer than {validity.MIN_CELLS} scored cells per "
                 "augmentation level: no rank correlation (add draws, seeds or budgets).\n")
-    parts = ["\n## Which cheap metric predicts the gain\n\nRank correlation of each quality metric with the primary "
-             "mode's gain over this benchmark's cells (95% bootstrap CIs over cells and the rank test's p; * where the CI excludes 0 and p < 0.05; the "
+    parts = ["\n## Which cheap metric predicts the gain\n\nRank correlation of each quality metric with the gain over "
+             "this benchmark's cells, one per (generator training, usage mode), ranked within each mode (95% "
+             "bootstrap CIs over trainings and the rank test's p; * where the CI excludes 0 and p < 0.05; the "
              "sign is raw, so a lower-is-better metric that predicts the gain has a negative tau). Files, "
              "scatters: `validity/<level>/`; across benchmarks: `python cli.py leaderboard --validity FOLDERS`.\n"]
     for level, (n, table) in tables.items():

@@ -109,6 +109,10 @@ def slice_features(extractor: Any, image: np.ndarray, mask: np.ndarray) -> dict[
         if "segmented voxel" in str(exc) or "too few dimensions" in str(exc):
             return None
         raise
+    except RuntimeError as exc:  # SimpleITK: the label vanished when resampled (no bounding box to take)
+        if "LabelShapeStatistics" in str(exc):
+            return None
+        raise
     features = {}
     for name, value in output.items():
         if "diagnostics" not in name:

@@ -122,11 +122,11 @@ def read_cells(run_dir: str | Path, mode: str | None = None) -> list[Cell]:
     modes: list[str | None] = [mode]
     if mode == "all":  # a run whose config names no modes (written before them) has its primary gain only
         modes = [*RunDir(run_dir).scored_modes()] or [None]
-    cells = []
+    generator, cells = _generator_name(run_dir, results), []
     for m in modes:
         gain = gains.get("dice_gain" if m is None else f"dice_gain_{m}")
         if isinstance(gain, (int, float)) and math.isfinite(gain):
-            cells.append(Cell(run_dir.name, _generator_name(run_dir, results), float(gain), dict(metrics),
+            cells.append(Cell(run_dir.name, generator, float(gain), dict(metrics),
                               {**factors, "mode": m or "primary"}))
     return cells
 

@@ -400,6 +400,27 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
 
 
 @main.command()
+@click.argument("bench", type=click.Path(file_okay=False, exists=True))
+@click.argument("dest", type=click.Path(file_okay=False))
+def archive(bench, dest):
+    """Keep a benchmark's evidence in DEST (e.g. benchmarks/results/NAME): every finished cell's scores,
+    per-patient Dice, config and split, no checkpoints or images, small enough to commit.
+
+    Copied back under --out, the same benchmark command with more --draws continues it: the archived cells
+    are kept and pooled with the new ones in one leaderboard.
+    """
+    from toolkit.bench.archive import archive_benchmark
+    from toolkit.rundir import RunError
+
+    try:
+        summary = archive_benchmark(bench, dest)
+    except (RunError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    left = f"; {len(summary['left_out'])} unfinished cell(s) left out" if summary["left_out"] else ""
+    click.echo(f"archived {summary['cells']} cells of {bench} in {dest} ({summary['bytes'] / 1e3:.0f} kB){left}")
+
+
+@main.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Run directory whose synthetic set to export (runs/<name>).")
 @click.option("--format", "fmt", required=True, type=click.Choice(["nifti", "nnunet", "png"]),

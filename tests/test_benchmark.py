@@ -290,3 +290,43 @@ def test_plan_counts_nested_budgets_as_one_training_to_the_longest(bench, monkey
     row = this_plan((4.0, 8.0, 16.0))
     # 16 training steps (not 4 + 8 + 16), 3 scorings of 2 seeds x 10 s, and the baselines (2 x 10 s).
     assert row["wall_seconds"] == pytest.approx(16 + 3 * 2 * 10 + 2 * 10) and row["cells"] == 3
+
+
+def test_an_archive_keeps_the_evidence_only_and_continues_with_more_draws(bench, tmp_path, monkeypatch):
+    """Cells survive a lost machine as an archive: copied back, more draws train only the new cells and the
+    leaderboard pools the archived ones (their per-patient Dice) with them."""
+    import shutil
+
+    archived = tmp_path / "results" / "b"
+    result = CliRunner().invoke(main, ["archive", str(bench["dir"]), str(archived)])
+    assert result.exit_code == 0, result.output
+    assert "archived 4 cells" in result.output
+    files = {p.relative_to(archived).as_posix() for p in archived.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pt", ".npz")) or "tfevents" in f]  # nothing trained or sampled
+    assert {"benchmark.json", "leaderboard.json", "archive.json", "cells/toy-n2-r1-d0-s0/dice_gain/per_patient.csv",
+            "cells/toy-n2-r1-d0-s0/results.json", "cells/toy-n2-r1-d0-s0/split.json"} <= files
+    # Continued on a "new machine": no checkpoints, an empty baseline cache.
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "fresh-cache"))
+    out = tmp_path / "out"
+    shutil.copytree(archived, out / "b")
+    more = list(ARGS)
+    more[ARGS.index("--draws") + 1] = "3"
+    grown = CliRunner().invoke(main, [*more, "--out", str(out), "--name", "b"], catch_exceptions=False)
+    assert grown.exit_code == 0, grown.output
+    data = json.loads((out / "b" / "leaderboard.json").read_text())
+    assert data["meta"]["baselines_trained"] == 1  # only the new draw's: the archived draws need none
+    assert all(r["draws"] == 3 for r in data["rows"] if r["generator"] != BASELINE)
+    for name in ("toy-n2-r1-d0-s0", "deformed_real-n2-r1-d1-s0"):  # kept, not retrained
+        assert (out / "b" / "cells" / name / "results.json").read_bytes() == \
+            (archived / "cells" / name / "results.json").read_bytes()
+    assert (out / "b" / "cells" / "toy-n2-r1-d2-s0" / "checkpoints" / "last.pt").is_file()
+    # The grown benchmark refreshes its own archive; a folder that is not an archive is never replaced.
+    again = CliRunner().invoke(main, ["archive", str(out / "b"), str(archived)])
+    assert again.exit_code == 0 and "archived 6 cells" in again.output, again.output
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.md").write_text("mine")
+    refused = CliRunner().invoke(main, ["archive", str(out / "b"), str(other)])
+    assert refused.exit_code != 0 and "not an archive" in refused.output and (other / "keep.md").is_file()
+    missing = CliRunner().invoke(main, ["archive", str(tmp_path), str(tmp_path / "x")])
+    assert missing.exit_code != 0 and "no benchmark.json" in missing.output

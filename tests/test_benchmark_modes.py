@@ -28,7 +28,7 @@ def bench(tmp_path_factory):
         mp.setattr(experiment, "train_generator", lambda *a, **k: calls.append(1) or real_train(*a, **k))
         result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return {"dir": out / "m", "trainings": len(calls), "output": result.output}
+    return {"dir": out / "m", "trainings": len(calls), "output": result.output, "args": args}
 
 
 def test_every_mode_and_level_is_a_row_and_the_generator_trained_once(bench):
@@ -58,3 +58,27 @@ def test_unknown_modes_and_levels_are_refused_before_any_work(tmp_path):
         result = CliRunner().invoke(main, [*ARGS, option, value, "--out", str(tmp_path)])
         assert result.exit_code != 0 and value.split(",")[-1] in result.output and "valid" in result.output
         assert not any(tmp_path.iterdir())
+
+
+def test_an_archived_benchmark_with_rescored_levels_is_kept_whole(bench, tmp_path, monkeypatch):
+    """An archive holds no synthetic set: its re-scored cells are finished evidence, not stale copies."""
+    import shutil
+
+    import toolkit.bench.cells as cells
+
+    archived = tmp_path / "m"
+    assert CliRunner().invoke(main, ["archive", str(bench["dir"]), str(archived)]).exit_code == 0
+    assert (archived / "cells" / "deformed_real-n2-r1-d0-s0-anone" / "dice_gain" / "per_patient.csv").is_file()
+    out = tmp_path / "out"
+    shutil.copytree(archived, out / "m")
+    monkeypatch.setenv("GANSEG_CACHE", str(tmp_path / "fresh-cache"))
+    calls = []
+    for work in ("evaluate_run", "run_experiment", "train_baselines"):  # nothing is trained or scored again
+        monkeypatch.setattr(cells, work, lambda *a, _w=work, **k: calls.append(_w))
+    result = CliRunner().invoke(main, [*bench["args"][:-4], "--out", str(out), "--name", "m"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert calls == []
+    before = json.loads((bench["dir"] / "leaderboard.json").read_text())["rows"]
+    after = json.loads((out / "m" / "leaderboard.json").read_text())["rows"]
+    assert [(r["generator"], r["mode"], r["seg_augment"], r["dice_gain"]) for r in after] == \
+        [(r["generator"], r["mode"], r["seg_augment"], r["dice_gain"]) for r in before]

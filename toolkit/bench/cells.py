@@ -91,6 +91,10 @@ def continue_shorter(source: Path, cells_dir: Path, name: str) -> None:
     if not is_finished(source):
         raise RunError(f"benchmark: cell {name} continues the training of {source}, which has not finished; "
                        "run the same command again (the shorter budgets go first)")
+    if not (source / "checkpoints" / "last.pt").is_file():
+        raise RunError(f"benchmark: cell {name} continues the training of {source}, which keeps its scores but "
+                       "not its checkpoint (an archive); remove that draw's cells of every budget from "
+                       f"{cells_dir} to train them again in one go")
     target = RunDir.create(cells_dir, name, force=(cells_dir / name).exists()).path
     for rel in CONTINUED_FILES:
         if (source / rel).is_file():
@@ -146,9 +150,12 @@ def _rescore_cell(plan: Plan, cell: Cell, cells_dir: Path, threads: int) -> str:
 
 
 def _rescore_stale(run_dir: Path, source: Path) -> bool:
-    """The trained cell's synthetic set changed since this copy was scored (it was trained again)."""
+    """The trained cell's synthetic set changed since this copy was scored (it was trained again).
+
+    Without the original (an archive keeps scores, not synthetic sets) there is nothing newer to score.
+    """
     copy, original = run_dir / "synthetic" / "synthetic.npz", source / "synthetic" / "synthetic.npz"
-    return not copy.is_file() or not original.is_file() or original.stat().st_mtime > copy.stat().st_mtime
+    return original.is_file() and (not copy.is_file() or original.stat().st_mtime > copy.stat().st_mtime)
 
 
 def stale_split(run_dir: Path, config: Config) -> tuple[list[str], list[str]] | None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from toolkit.bench.cells import WorkerSetup, run_cell_task, train_baselines
+from toolkit.bench.cells import WorkerSetup, is_finished, run_cell_task, train_baselines
 from toolkit.bench.executors import Executor, local_executor
 from toolkit.bench.plan import PLAN_FIX, Plan, check_plan, check_splits, extended_plan
 from toolkit.bench.report import write_leaderboard
@@ -60,16 +60,16 @@ def run_benchmark(plan: Plan, out: str | Path = "runs", name: str | None = None,
                                        indent=2))
     run_tasks, threads = executor or local_executor(jobs)
     setup = WorkerSetup.here(plugins)
-    cells_dir = bench / "cells"
 
-    # Baselines first, once per (regime, draw): every generator's cells then load them from the cache.
-    pairs = sorted({(c.n_train, c.draw, c.augment) for c in plan.cells()})
+    # Baselines first, once per (regime, draw): every generator's cells then load them from the cache. Only
+    # for cells still to run: a continued archive's finished draws need none.
+    cells_dir = bench / "cells"
+    pairs = sorted({(c.n_train, c.draw, c.augment) for c in plan.cells() if not is_finished(cells_dir / c.name)})
     t0 = time.perf_counter()
     trained = run_tasks(train_baselines, [(plan, n, d, threads, setup, a) for n, d, a in pairs])
     log.info("benchmark: %d baselines trained for %d (regime, draw) pairs in %.0f s", sum(trained), len(pairs),
              time.perf_counter() - t0)
 
-    # Cells: each a whole run; finished ones are kept.
     # Cells: each a whole run; finished ones are kept. Then the re-scored ones (other augmentation levels).
     cells = plan.cells()
     t0 = time.perf_counter()

@@ -195,14 +195,14 @@ def evaluate(run_dir, evaluators, overrides, quiet, plugins):
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--validity", "validity", is_flag=True, help="Instead of a ranking: how well each quality metric "
               "predicts the Dice gain (Kendall tau, Spearman rho, bootstrap CIs) over every scored cell of the "
-              "FOLDERS (benchmark folders or runs).")
+              "FOLDERS (benchmark folders, archives or runs, and recorded validity_cells.csv files).")
 @click.option("--mode", default=None, help="--validity: the usage mode whose gain is the truth (default: each "
               "cell's primary dice_gain); all: one cell per (run, scored mode). Cells of several modes, "
               "augmentation levels, regimes or ratios are ranked within each only (a stratified statistic).")
 @click.option("--validity-out", type=click.Path(file_okay=False), default=None,
               help="--validity: folder for validity.md/.csv/.json, the scatter plots and TensorBoard; default: "
               "FOLDER/validity of the first folder.")
-@click.argument("folders", nargs=-1, type=click.Path(file_okay=False, exists=True))
+@click.argument("folders", nargs=-1, type=click.Path(exists=True))
 def leaderboard(runs_dir, evaluator, metric, as_json, validity, mode, validity_out, folders):
     """Rank finished runs by one evaluator's metric, in groups of comparable runs (same data, test patients
     and evaluator settings); gains whose 95% CI includes 0 are marked. With --validity FOLDERS...: which cheap
@@ -249,7 +249,8 @@ def _validity(folders: tuple[str, ...], mode: str | None, out: str | None, as_js
         raise click.ClickException(f"--validity: {len(cells)} scored cell(s) in {', '.join(folders)}; a rank "
                                    f"correlation needs at least {MIN_CELLS} (benchmark folders, or runs with dice_gain results)")
     rows = metric_validity(cells)
-    target = Path(out) if out else Path(folders[0]) / "validity"
+    first = Path(folders[0])
+    target = Path(out) if out else (first.parent if first.is_file() else first) / "validity"
     written = [*write_validity(target, rows, cells), *write_plots(target, rows, cells)]
     writer = SummaryWriter(log_dir=str(target / "tensorboard"))
     try:

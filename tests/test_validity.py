@@ -225,3 +225,21 @@ def test_collect_cells_in_every_mode_keeps_the_training(tmp_path):
         ("vae-d0", "add", 0.2), ("vae-d0", "replace", -0.2), ("vae-d0-anone", "add", 0.2),
         ("vae-d0-anone", "replace", -0.2)]
     assert {c.factors["training"] for c in cells} == {"bench/vae-d0"}
+
+
+def test_recorded_cells_pool_with_new_ones_and_budgets_share_their_training(tmp_path):
+    """A written validity_cells.csv reads back as the same cells (runs gone, table kept), and a budget
+    dimension's cells (-t600, -t2400) cluster as one training: the longer continues the shorter."""
+    for steps in (600, 2400):
+        write_run(tmp_path / "budget" / "cells" / f"vae-n4-r1-d0-s0-t{steps}", "vae", steps / 1e4, 1.0)
+    cells = collect_cells([tmp_path / "budget"])
+    assert {c.factors["training"] for c in cells} == {"budget/vae-n4-r1-d0-s0"}
+    write_validity(tmp_path / "recorded", metric_validity(monotone_cells(), samples=20), monotone_cells())
+    recorded = collect_cells([tmp_path / "recorded" / "validity_cells.csv"])
+    assert [(c.name, c.generator, c.gain, c.metrics) for c in recorded] == \
+        sorted(((c.name, c.generator, c.gain, c.metrics) for c in monotone_cells()), key=lambda t: t[0])
+    pooled = collect_cells([tmp_path / "recorded" / "validity_cells.csv", tmp_path / "budget"])
+    assert len(pooled) == 14
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="other.csv.*missing columns: cell"):
+        collect_cells([tmp_path / "other.csv"])

@@ -33,6 +33,7 @@ import io
 import itertools
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -116,9 +117,11 @@ def read_cells(run_dir: str | Path, mode: str | None = None) -> list[Cell]:
             if is_metric(name) and isinstance(value, (int, float)) and math.isfinite(value):
                 metrics[name] = float(value)
     source = run_dir.parent.parent.name if run_dir.parent.name == "cells" else run_dir.parent.name
-    factors = {"n_train_patients": gains.get("n_train_patients"), "ratio": gains.get("ratio"),
+    trained = results.get("rescored_from") or run_dir.name
+    factors = {"n_train_patients": _number(gains.get("n_train_patients")), "ratio": _number(gains.get("ratio")),
                "seg_augment": results.get("settings", {}).get("seg", {}).get("augment"), "source": source,
-               "training": f"{source}/{results.get('rescored_from') or run_dir.name}"}
+               # A budget dimension's cells continue one training: one cluster, like the levels re-scoring it.
+               "training": f"{source}/{BUDGET_SUFFIX.sub('', trained)}"}
     modes: list[str | None] = [mode]
     if mode == "all":  # a run whose config names no modes (written before them) has its primary gain only
         modes = [*RunDir(run_dir).scored_modes()] or [None]
@@ -131,8 +134,43 @@ def read_cells(run_dir: str | Path, mode: str | None = None) -> list[Cell]:
     return cells
 
 
+#: A budget cell's name ends in its budget (``-t2400``, ``-b60s``); the training it continues has the same stem.
+BUDGET_SUFFIX = re.compile(r"-(t\d+|b[\d.]+s)$")
+#: The columns of a recorded ``validity_cells.csv`` that are factors, not metrics.
+FACTORS = ("n_train_patients", "ratio", "seg_augment", "source", "training", "mode")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float, str)) and str(value) not in ("", "None") else None
+
+
+def read_recorded_cells(path: str | Path) -> list[Cell]:
+    """The cells of a recorded ``validity_cells.csv`` (what :func:`write_validity` wrote): cells whose runs are
+    gone (a machine that kept no files) still pool with new ones in a validity table.
+
+    Raises:
+        ValueError: the file lacks the columns a validity table wrote, naming it.
+    """
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in ("cell", "generator", "gain") if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{path}: not a validity_cells.csv written by `leaderboard --validity` (missing columns: "
+                         f"{', '.join(missing) or 'every row'}); name that file or a benchmark folder")
+    cells = []
+    for r in rows:
+        metrics = {k: float(v) for k, v in r.items() if is_metric(k) and v not in ("", None)
+                   and math.isfinite(float(v))}
+        factors = {k: r[k] or None for k in FACTORS if k in r}
+        factors |= {k: _number(factors[k]) for k in ("n_train_patients", "ratio") if k in factors}
+        cells.append(Cell(r["cell"], r["generator"], float(r["gain"]), metrics, factors))
+    return cells
+
+
 def collect_cells(folders: Iterable[str | Path], mode: str | None = None) -> list[Cell]:
-    """Every scored cell in benchmark folders (their ``cells/*``) and single run folders, sorted by name.
+    """Every scored cell in benchmark folders (their ``cells/*``), single run folders and recorded
+    ``validity_cells.csv`` files (taken as recorded, whatever ``mode``), sorted by name.
 
     Raises:
         FileNotFoundError: a folder is neither a benchmark folder nor a run folder.
@@ -140,6 +178,9 @@ def collect_cells(folders: Iterable[str | Path], mode: str | None = None) -> lis
     cells = []
     for folder in folders:
         folder = Path(folder)
+        if folder.is_file() and folder.suffix == ".csv":
+            cells += read_recorded_cells(folder)
+            continue
         if (folder / "cells").is_dir():
             runs = sorted(p for p in (folder / "cells").iterdir() if p.is_dir())
         elif (folder / "results.json").is_file():

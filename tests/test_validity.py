@@ -243,3 +243,6 @@ def test_recorded_cells_pool_with_new_ones_and_budgets_share_their_training(tmp_
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="other.csv.*missing columns: cell"):
         collect_cells([tmp_path / "other.csv"])
+    (tmp_path / "cut.csv").write_text("cell,generator,gain\nc0,g0,not-a-number\n")
+    with pytest.raises(ValueError, match="cut.csv line 2"):
+        collect_cells([tmp_path / "cut.csv"])

@@ -159,12 +159,15 @@ def read_recorded_cells(path: str | Path) -> list[Cell]:
         raise ValueError(f"{path}: not a validity_cells.csv written by `leaderboard --validity` (missing columns: "
                          f"{', '.join(missing) or 'every row'}); name that file or a benchmark folder")
     cells = []
-    for r in rows:
-        metrics = {k: float(v) for k, v in r.items() if is_metric(k) and v not in ("", None)
-                   and math.isfinite(float(v))}
-        factors = {k: r[k] or None for k in FACTORS if k in r}
-        factors |= {k: _number(factors[k]) for k in ("n_train_patients", "ratio") if k in factors}
-        cells.append(Cell(r["cell"], r["generator"], float(r["gain"]), metrics, factors))
+    for line, r in enumerate(rows, start=2):
+        try:
+            metrics = {k: float(v) for k, v in r.items() if is_metric(k) and v not in ("", None)
+                       and math.isfinite(float(v))}
+            factors = {k: r[k] or None for k in FACTORS if k in r}
+            factors |= {k: _number(factors[k]) for k in ("n_train_patients", "ratio") if k in factors}
+            cells.append(Cell(r["cell"], r["generator"], float(r["gain"]), metrics, factors))
+        except (TypeError, ValueError) as exc:  # a value that is not a number: the file was edited or cut short
+            raise ValueError(f"{path} line {line}: {exc}; write it again with `leaderboard --validity`") from None
     return cells
 
 

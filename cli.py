@@ -386,7 +386,8 @@ def benchmark(generators, profile, data, train_patients, ratios, draws, seeds, j
                     modes=_names(modes, "--modes", ("replace", "add", "pretrain")),
                     seg_augment=_names(seg_augment, "--seg-augment", ("none", "standard", "strong")))
         if plan_only:
-            click.echo(format_estimate(estimate_plan(plan, target_effect, from_path=from_path, jobs=jobs)))
+            click.echo(format_estimate(estimate_plan(plan, target_effect, from_path=from_path, jobs=jobs,
+                                                      plugins=plugins)))
             return
         check_plan(plan)  # before an executor (a Ray instance) starts
         run = make_executor(executor, jobs, ray_address)

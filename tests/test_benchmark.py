@@ -256,6 +256,7 @@ def test_plan_counts_the_unets_of_every_mode_and_augmentation_level(bench, monke
     monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
     monkeypatch.setattr(benchmark, "measure_unet_seconds", lambda *a: 10.0)  # fixed times: the arithmetic alone
     monkeypatch.setattr(benchmark, "measure_step_seconds", lambda *a: (0.0, 0.0))
+    monkeypatch.setattr(benchmark, "machine_threads", lambda: 1)  # one core: no contenders, U-Nets one by one
     overrides = ("run.evaluators=[dice_gain]", "evaluators.dice_gain.tstr=false", "evaluators.dice_gain.seeds=2",
                  "data.phantom_patients=10", "split.train_pool=4", "split.test_patients=rest")
 
@@ -279,6 +280,7 @@ def test_plan_counts_nested_budgets_as_one_training_to_the_longest(bench, monkey
     monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
     monkeypatch.setattr(design, "measure_unet_seconds", lambda *a: 10.0)
     monkeypatch.setattr(design, "measure_step_seconds", lambda *a: (1.0, 0.0))  # 1 s per generator step
+    monkeypatch.setattr(design, "machine_threads", lambda: 1)
     overrides = ("run.evaluators=[dice_gain]", "evaluators.dice_gain.tstr=false", "evaluators.dice_gain.seeds=2",
                  "evaluators.dice_gain.modes=[replace]", "data.phantom_patients=10", "split.train_pool=4",
                  "split.test_patients=rest")
@@ -290,6 +292,54 @@ def test_plan_counts_nested_budgets_as_one_training_to_the_longest(bench, monkey
     row = this_plan((4.0, 8.0, 16.0))
     # 16 training steps (not 4 + 8 + 16), 3 scorings of 2 seeds x 10 s, and the baselines (2 x 10 s).
     assert row["wall_seconds"] == pytest.approx(16 + 3 * 2 * 10 + 2 * 10) and row["cells"] == 3
+
+
+def test_plan_wall_time_is_the_stages_makespans_with_every_timing_beside_busy_cores(bench, monkeypatch):
+    """Two cores, --jobs 2: a stage ends with its last cell (not work / 2), the U-Nets of a cell go two at a
+    time, and each timing runs while contenders keep the other core busy on the same work."""
+    import toolkit.bench.design as design
+    from toolkit.bench import Plan, estimate_plan
+    from toolkit.bench.timing import makespan
+
+    assert makespan([], 2) == 0 and makespan([5.0], 2) == 5
+    assert makespan([10, 1, 1, 1], 2) == 10 and makespan([3, 3, 3], 2) == 6 and makespan([3, 3, 3], 1) == 9
+    monkeypatch.setenv("GANSEG_CACHE", str(bench["cache"]))
+    busy: list[tuple[int, str]] = []
+
+    class FakeContenders:
+        def __init__(self, n, threads, setup):
+            self.n = n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def busy(self, what, config):
+            busy.append((self.n, what if what == "unet" else config.run.generator))
+
+    monkeypatch.setattr(design, "Contenders", FakeContenders)
+    monkeypatch.setattr(design, "machine_threads", lambda: 2)
+    monkeypatch.setattr(design, "measure_unet_seconds", lambda *a: 10.0)
+    step_s = {"toy": 1.0, "deformed_real": 0.0}
+    monkeypatch.setattr(design, "measure_step_seconds", lambda config, *a: (step_s[config.run.generator], 0.0))
+    overrides = ("run.evaluators=[dice_gain]", "evaluators.dice_gain.tstr=false", "evaluators.dice_gain.seeds=2",
+                 "evaluators.dice_gain.modes=[replace]", "data.phantom_patients=10", "split.train_pool=4",
+                 "split.test_patients=rest", "seg.threads=null")  # the default's: U-Nets in 1-thread processes
+    plan = Plan(("toy", "deformed_real"), (2,), (1.0,), 1, 1, "smoke", overrides=overrides, budgets=(40.0, 100.0))
+    est = estimate_plan(plan, jobs=2)
+    assert busy == [(1, "unet"), (1, "toy"), (1, "deformed_real")]
+    assert est["unet_processes"] == 1 and est["threads_per_cell"] == 1
+    row = next(r for r in est["rows"] if r["this_plan"])
+    # Baselines: 1 task of 2 seeds x 10 s. Budget 40: toy 40 s + 20 s scoring beside deformed_real's 20 s;
+    # budget 100: toy 60 more steps + 20 s. Not (20 + 60 + 20 + 80 + 20) / 2.
+    assert row["wall_seconds"] == pytest.approx(20 + 60 + 80)
+    # One job on the same two cores: each cell's two U-Nets go at once, no contender beside a generator.
+    busy.clear()
+    one = next(r for r in estimate_plan(plan, jobs=1)["rows"] if r["this_plan"])
+    assert busy == [(1, "unet")]
+    assert one["wall_seconds"] == pytest.approx(10 + (40 + 10 + 10) + (60 + 10 + 10))
 
 
 def test_an_archive_keeps_the_evidence_only_and_continues_with_more_draws(bench, tmp_path, monkeypatch):

@@ -10,26 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from toolkit.bench.cells import is_finished
+from toolkit.bench.cells import WorkerSetup, is_finished
 from toolkit.bench.leaderboard import COMPONENTS, group_diffs, nested_components, per_patient_diffs
 from toolkit.bench.plan import PLAN_FIX, Cell, Plan, cell_config, plan_fields
-from toolkit.config import Config
-from toolkit.experiment import baseline_store, build_evaluators, build_generator, prepare_data, train_context
+from toolkit.bench.timing import (
+    GENERATOR,
+    UNET,
+    Contenders,
+    makespan,
+    measure_step_seconds,
+    measure_unet_seconds,
+)
+from toolkit.experiment import build_evaluators, prepare_data
 from toolkit.io import read_json
 from toolkit.registry import GENERATORS
 from toolkit.rundir import RunDir, RunError
 from toolkit.runtime import machine_threads, resolve_device, set_threads
 from toolkit.seg.stats import Power
-from toolkit.seg.train import Pool, train_unet
-from toolkit.train.loop import batch_indices
-from toolkit.types import Batch
+from toolkit.seg.workers import plan as unet_plan
 
 #: The recorded variance components --plan assumes without --from (package data: a wheel ships it).
 DEFAULTS_FILE = Path(__file__).resolve().parent / "variance_defaults.json"
@@ -101,57 +105,16 @@ def measured_components(path: str | Path) -> tuple[dict[str, float], str]:
     return out, where
 
 
-def measure_step_seconds(config: Config, prepared, device, budget_s: float = 1.5) -> tuple[float, float]:
-    """(seconds per train_step, seconds per sampled slice) of ``config``'s generator: a short timing."""
-
-
-    gen = build_generator(config, device)
-    gen.setup(train_context(config, prepared, gen, baseline_store(config, prepared, device)))
-    data = prepared.train.to_batch().to(device)
-    gen.train()
-
-    def step(i: int) -> None:
-        rows = batch_indices(i, len(prepared.train), config.train.batch_size, config.seed).to(device)
-        gen.train_step(Batch(data.image[rows], data.mask[rows], data.cond[rows]), i)
-
-    step(0)  # warm-up: allocation, oneDNN kernel choice
-    n, t0 = 0, time.perf_counter()
-    while n < 2 or (n < 20 and time.perf_counter() - t0 < budget_s):
-        step(n + 1)
-        n += 1
-    train_s = (time.perf_counter() - t0) / n
-    gen.eval()
-    k = min(32, len(prepared.train))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        gen.sample(k, cond=data.cond[:k].cpu(), masks=data.mask[:k].cpu() if gen.needs_masks else None,
-                   generator=torch.Generator().manual_seed(0))
-    return train_s, (time.perf_counter() - t0) / k
-
-
-def measure_unet_seconds(config: Config, prepared, device) -> float:
-    """Seconds of one segmenter training of ``config.seg`` (steps and validations), from two short timings."""
-
-
-    seg = config.seg
-
-    def timed(steps: int) -> float:
-        t0 = time.perf_counter()
-        train_unet([Pool.of(prepared.train)], prepared.val, dataclasses.replace(seg, steps=steps, val_every=steps),
-                   seed=0, device=device)
-        return time.perf_counter() - t0
-
-    timed(2)  # warm-up
-    short, long = timed(2), timed(8)
-    per_step = max((long - short) / 6, 1e-6)
-    per_validation = max(short - 2 * per_step, 0.0)
-    return seg.steps * per_step + -(-seg.steps // seg.val_every) * per_validation
+#: A re-scored cell's folder name ends in its augmentation level (toolkit.bench.plan.Cell.name).
+RESCORED_NAME = re.compile(r"-a[a-z]+$")
 
 
 def _finished_cell_seconds(path: Path) -> dict[str, float]:
     """generator -> mean wall seconds of its finished cells in a benchmark folder (training + sampling + evaluation)."""
     out: dict[str, list[float]] = {}
     for results_file in sorted((path / "cells").glob("*/results.json")) if (path / "cells").is_dir() else []:
+        if RESCORED_NAME.search(results_file.parent.name):
+            continue  # a re-scoring: it copies the trained cell's training summary, and trained nothing
         results = read_json(results_file, f"Score that cell again (python cli.py evaluate --run {results_file.parent})",
                             RunError)
         if "values" not in results.get("evaluation", {}).get("dice_gain", {}):
@@ -168,14 +131,16 @@ def _finished_cell_seconds(path: Path) -> dict[str, float]:
 
 
 def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path | None = None,
-                  jobs: int = 0) -> dict[str, Any]:
+                  jobs: int = 0, plugins: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Before any work: the MDE80 and wall time of designs draws x seeds for ``plan``'s other axes.
 
     Variance components come from ``from_path`` (a benchmark folder or runs;
     what it cannot measure, and everything without it, from the documented
     defaults); times from the finished cells of ``from_path``, else from a
     short timing of each generator's train_step and one segmenter on this
-    machine, at the threads a cell gets with ``jobs`` cells at once.
+    machine, at the threads a cell gets with ``jobs`` cells at once and beside
+    contenders that keep the other cores as busy as the benchmark will
+    (spawned processes: ``plugins`` are the --plugins folders they load).
     """
 
     for g in plan.generators:
@@ -187,18 +152,18 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
             if np.isfinite(value):
                 components[key], sources[key] = value, f"measured on {where}"
 
-    # Times: one cell's generator and evaluation, one baseline, per generator; measured here.
-    jobs = jobs or machine_threads()
-    threads = max(1, machine_threads() // jobs)
-    set_threads(threads)
+    cores = machine_threads()
+    jobs = jobs or cores
+    threads = max(1, cores // jobs)
     first = Cell(plan.generators[0], plan.regimes[0], plan.ratios[0], 0, 0)
     config = cell_config(plan, first, threads)
     device = resolve_device(config.train.device)
     prepared = prepare_data(config)
     dice_gain = build_evaluators(config, ["dice_gain"])["dice_gain"]
     unet_seeds, patients = dice_gain.seeds, len(prepared.split["test"])
-    budgets = max(1, len(plan.budgets))  # each budget samples and scores once; training is nested
-    levels = max(1, len(plan.seg_augment))  # each further augmentation level re-scores every trained cell
+    # A cell's U-Nets go `processes` at a time, each at `unet_threads` (toolkit.bench.plan.seg_cores).
+    how = unet_plan(config.seg, device)
+    unet_threads = how.threads or threads
 
     def arms(ratio: float) -> float:
         """U-Nets per U-Net seed in one scoring, in units of a real-only U-Net: an arm that forwards
@@ -206,45 +171,83 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
         wide = 1 + ratio
         return (sum(wide if m == "add" else 1.0 for m in dice_gain.modes) + (wide if dice_gain.compute_control else 0)
                 + int(dice_gain.tstr) + len(dice_gain.controls))
-    unet_s = measure_unet_seconds(config, prepared, device)
-    slices_per_patient = len(prepared.train) / max(1, len(prepared.split["train"]))
+
     finished = _finished_cell_seconds(Path(from_path)) if from_path is not None else {}
-    cell_s: dict[tuple[str, int, float], float] = {}
+    timed = [g for g in plan.generators if g not in finished]
+    # Timed beside contenders: the U-Nets with every other core busy on U-Nets, a generator beside jobs - 1
+    # copies of itself (the benchmark's other cells).
+    setup = WorkerSetup.here(plugins)
+    set_threads(unet_threads)
+    with Contenders(max(0, cores // unet_threads - 1) if device.type == "cpu" else 0, unet_threads, setup) as others:
+        if others.n:
+            others.busy(UNET, config)
+        unet_s = measure_unet_seconds(config, prepared, device)
+    set_threads(threads)
+    slices_per_patient = len(prepared.train) / max(1, len(prepared.split["train"]))
     step_times: dict[str, dict[str, Any]] = {}
-    for g in plan.generators:
-        if g in finished:
-            step_times[g] = {"source": f"finished cells of {from_path}", "cell_seconds": finished[g]}
-            for n in plan.regimes:
-                for r in plan.ratios:
-                    cell_s[(g, n, r)] = finished[g] * budgets  # a nested cell's time is its extra steps only
-            continue
-        gconfig = cell_config(plan, Cell(g, plan.regimes[0], plan.ratios[0], 0, 0), threads)
-        train_step_s, sample_s = measure_step_seconds(gconfig, prepared, device)
-        # Nested budgets: one training to the longest budget, a sampling and a scoring per budget.
-        longest = max(plan.budgets) if plan.budgets else None
-        train_s = (longest or plan.budget_seconds) if plan.budget == "seconds" else \
-            (longest or gconfig.train.steps) * train_step_s
-        step_times[g] = {"source": "timed here", "train_step_seconds": train_step_s,
-                         "sample_seconds_per_slice": sample_s, "train_seconds": train_s}
-        for n in plan.regimes:
-            for r in plan.ratios:
-                synthetic = max(r, gconfig.run.synthetic_ratio) * slices_per_patient * n
-                cell_s[(g, n, r)] = train_s + budgets * (synthetic * sample_s + levels * arms(r) * unet_seeds * unet_s)
+    with Contenders((jobs - 1) if timed and device.type == "cpu" else 0, threads, setup) as others:
+        for g in plan.generators:
+            if g in finished:
+                step_times[g] = {"source": f"finished cells of {from_path}", "cell_seconds": finished[g]}
+                continue
+            gconfig = cell_config(plan, Cell(g, plan.regimes[0], plan.ratios[0], 0, 0), threads)
+            if others.n:
+                others.busy(GENERATOR, gconfig)
+            train_step_s, sample_s = measure_step_seconds(gconfig, prepared, device)
+            longest = max(plan.budgets) if plan.budgets else None
+            train_s = (longest or plan.budget_seconds) if plan.budget == "seconds" else \
+                (longest or gconfig.train.steps) * train_step_s
+            step_times[g] = {"source": "timed here" + (f" beside {others.n} busy cell(s)" if others.n else ""),
+                             "train_step_seconds": train_step_s, "sample_seconds_per_slice": sample_s,
+                             "train_seconds": train_s, "synthetic_ratio": gconfig.run.synthetic_ratio}
+
+    def scoring(ratio: float) -> float:
+        """Wall seconds of one cell's dice_gain U-Nets (arms x seeds, `processes` at a time)."""
+        return arms(ratio) * unet_seeds * unet_s / max(1, min(how.processes, unet_seeds))
+
+    def cell_seconds(cell: Cell) -> float:
+        """Wall seconds of one cell: its share of training (a nested budget: the steps past the shorter
+        cell), its sampling and its scoring; a re-scored cell scores only."""
+        if cell.rescored:
+            return scoring(cell.ratio)
+        t = step_times[cell.generator]
+        if "cell_seconds" in t:
+            return t["cell_seconds"]
+        if plan.budgets:
+            shorter = plan.shorter(cell)
+            extra = cell.budget - (shorter.budget if shorter else 0)
+            train_s = extra if plan.budget == "seconds" else extra * t["train_step_seconds"]
+        else:
+            train_s = t["train_seconds"]
+        synthetic = max(cell.ratio, t["synthetic_ratio"]) * slices_per_patient * cell.n_train
+        return train_s + synthetic * t["sample_seconds_per_slice"] + scoring(cell.ratio)
+
+    baseline_s = unet_seeds * unet_s / max(1, min(how.processes, unet_seeds))
+
+    def wall_seconds(design: Plan) -> float:
+        """The benchmark's stages one after the other (as toolkit.bench.run runs them), each its makespan."""
+        cells = design.cells()
+        stages = [[baseline_s] * len({(c.n_train, c.draw, c.augment) for c in cells})]
+        for b in dict.fromkeys(c.budget for c in cells):
+            stages.append([cell_seconds(c) for c in cells if not c.rescored and c.budget == b])
+        stages.append([cell_seconds(c) for c in cells if c.rescored])
+        return sum(makespan(s, jobs) for s in stages)
 
     # The designs: each draws x seeds with the plan's generators, regimes and ratios.
     rows = []
     for draws in sorted({*PLAN_DRAWS, plan.draws}):
         for seeds in sorted({*PLAN_SEEDS, plan.seeds}):
+            design = dataclasses.replace(plan, draws=draws, seeds=seeds)
             mde = design_mde(components, draws, seeds, unet_seeds, patients)
-            cells = len(plan.generators) * len(plan.regimes) * len(plan.ratios) * draws * seeds * budgets
-            work = sum(cell_s.values()) * draws * seeds + len(plan.regimes) * draws * levels * unet_seeds * unet_s
+            cells = len(plan.generators) * len(plan.regimes) * len(plan.ratios) * draws * seeds * max(1, len(plan.budgets))
             rows.append({"draws": draws, "seeds": seeds, "cells": cells, "mde80": mde,
-                         "meets_target": mde <= target_effect, "wall_seconds": work / jobs,
+                         "meets_target": mde <= target_effect, "wall_seconds": wall_seconds(design),
                          "this_plan": (draws, seeds) == (plan.draws, plan.seeds)})
     meeting = [r for r in rows if r["meets_target"]]
     return {"target_effect": target_effect, "components": components, "component_sources": sources,
             "unet_seeds": unet_seeds, "test_patients": patients, "jobs": jobs, "threads_per_cell": threads,
-            "unet_seconds": unet_s, "generators": step_times, "rows": rows,
+            "unet_seconds": unet_s, "unet_processes": how.processes, "unet_threads": unet_threads,
+            "generators": step_times, "rows": rows,
             "cheapest": min(meeting, key=lambda r: r["wall_seconds"]) if meeting else None}
 
 
@@ -265,7 +268,8 @@ def format_estimate(est: dict[str, Any]) -> str:
     for part, note in default_notes().items():
         if part in used:
             lines.append(f"  default ({part}): {note}")
-    lines += ["", f"Times: one segmenter {est['unet_seconds']:.1f} s (timed here)"]
+    lines += ["", f"Times: one segmenter {est['unet_seconds']:.1f} s at {est['unet_threads']} thread(s), "
+                  f"{est['unet_processes']} at once per cell (timed here)"]
     for g, t in est["generators"].items():
         if "cell_seconds" in t:
             lines.append(f"  {g}: {t['cell_seconds']:.0f} s per cell ({t['source']})")
@@ -283,7 +287,8 @@ def format_estimate(est: dict[str, Any]) -> str:
                  f"(MDE80 {best['mde80']:.3f}, about {_hms(best['wall_seconds'])})." if best else
                  "No design in the table meets the target: more test patients or U-Net seeds "
                  "(evaluators.dice_gain.seeds) lower the patient and residual terms that draws cannot.")
-    lines.append("Wall times: per-cell times x cells / cells at once, plus the baselines; evaluators other than "
+    lines.append("Wall times: the benchmark's stages (the baselines, each budget, the re-scorings) one after the "
+                 "other, each the time its cells take on the jobs, handed out in order; evaluators other than "
                  "dice_gain's U-Nets are not counted when timed here. Nothing was trained.")
     return "\n".join(lines)
 

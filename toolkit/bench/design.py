@@ -182,6 +182,7 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
         if others.n:
             others.busy(UNET, config)
         unet_s = measure_unet_seconds(config, prepared, device)
+        unet_source = "timed here" + (f" beside {others.n} busy U-Net process(es)" if others.n else "")
     set_threads(threads)
     slices_per_patient = len(prepared.train) / max(1, len(prepared.split["train"]))
     step_times: dict[str, dict[str, Any]] = {}
@@ -246,7 +247,7 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
     meeting = [r for r in rows if r["meets_target"]]
     return {"target_effect": target_effect, "components": components, "component_sources": sources,
             "unet_seeds": unet_seeds, "test_patients": patients, "jobs": jobs, "threads_per_cell": threads,
-            "unet_seconds": unet_s, "unet_processes": how.processes, "unet_threads": unet_threads,
+            "unet_seconds": unet_s, "unet_source": unet_source, "unet_processes": how.processes, "unet_threads": unet_threads,
             "generators": step_times, "rows": rows,
             "cheapest": min(meeting, key=lambda r: r["wall_seconds"]) if meeting else None}
 
@@ -269,7 +270,7 @@ def format_estimate(est: dict[str, Any]) -> str:
         if part in used:
             lines.append(f"  default ({part}): {note}")
     lines += ["", f"Times: one segmenter {est['unet_seconds']:.1f} s at {est['unet_threads']} thread(s), "
-                  f"{est['unet_processes']} at once per cell (timed here)"]
+                  f"{est['unet_processes']} at once per cell ({est['unet_source']})"]
     for g, t in est["generators"].items():
         if "cell_seconds" in t:
             lines.append(f"  {g}: {t['cell_seconds']:.0f} s per cell ({t['source']})")

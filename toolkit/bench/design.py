@@ -202,9 +202,12 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
                              "train_step_seconds": train_step_s, "sample_seconds_per_slice": sample_s,
                              "train_seconds": train_s, "synthetic_ratio": gconfig.run.synthetic_ratio}
 
+    # One real-only U-Net per seed, `processes` at a time: a baseline task, and the unit of a cell's scoring.
+    baseline_s = unet_seeds * unet_s / max(1, min(how.processes, unet_seeds))
+
     def scoring(ratio: float) -> float:
         """Wall seconds of one cell's dice_gain U-Nets (arms x seeds, `processes` at a time)."""
-        return arms(ratio) * unet_seeds * unet_s / max(1, min(how.processes, unet_seeds))
+        return arms(ratio) * baseline_s
 
     def cell_seconds(cell: Cell) -> float:
         """Wall seconds of one cell: its share of training (a nested budget: the steps past the shorter
@@ -222,8 +225,6 @@ def estimate_plan(plan: Plan, target_effect: float = 0.03, from_path: str | Path
             train_s = t["train_seconds"]
         synthetic = max(cell.ratio, t["synthetic_ratio"]) * slices_per_patient * cell.n_train
         return train_s + synthetic * t["sample_seconds_per_slice"] + scoring(cell.ratio)
-
-    baseline_s = unet_seeds * unet_s / max(1, min(how.processes, unet_seeds))
 
     def wall_seconds(design: Plan) -> float:
         """The benchmark's stages one after the other (as toolkit.bench.run runs them), each its makespan."""

@@ -3,9 +3,10 @@
 A cell never runs alone: with ``--jobs 2`` on 2 cores its neighbour keeps the
 other core busy, and two busy cores share one memory bus and last-level cache.
 So each timing runs beside :class:`Contenders`, spawned copies of the same
-work that keep every other core as busy as the benchmark will. Alone, the
-timings promised 1 h 54 min for a budget curve that took about 3 h 15 min
-(benchmarks/results/benchmark_v27_budget.md). The cells of one stage (the
+work that keep every other core as busy as the benchmark will. Timed alone,
+--plan promised 1 h 54 min for a budget curve that took 2 h 57 min
+(benchmarks/results/benchmark_v27_budget.md); how much of that gap the
+contenders close has not been measured yet. The cells of one stage (the
 baselines, each budget, the re-scorings) go to a process pool in order, and a
 stage ends with its last cell, so the wall time is the sum of the stages'
 :func:`makespan`, not the work divided by the jobs.
